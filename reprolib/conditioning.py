@@ -1,0 +1,149 @@
+"""Text conditioning, one adapter per model family: the seam every chapter goes through.
+
+SD-style (SD 1.5, SD 2.1, the shapes world): one CLIP text encoder; the UNet reads its last hidden
+state. SDXL-style: CLIP-L and OpenCLIP-G; the UNet reads both *penultimate* states concatenated
+(768 + 1280 = 2048), plus OpenCLIP-G's pooled projection and six "time ids" (sizes and crop).
+
+Token-wise embeddings are kept *per encoder* (``clip_l``, ``openclip_g``, ...) because attribute
+deltas live per encoder; :meth:`Embeddings.context` concatenates them for the UNet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Tokens:
+    """A tokenized prompt: ids (padded), token strings and character offsets (``(0, 0)`` for specials)."""
+
+    text: str
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def table(self) -> str:
+        """The prompt's non-padding tokens as 'position:token' (for error messages)."""
+        last = max((i for i, s in enumerate(self.special) if not s), default=0) + 1
+        return " ".join(f"{i}:{t}" for i, t in enumerate(self.tokens[: last + 1]))
+
+
+@dataclass
+class Embeddings:
+    """Token-wise text states per encoder, each (batch, tokens, dim), and the pooled embedding."""
+
+    states: dict[str, torch.Tensor]
+    pooled: torch.Tensor | None = None
+    tokens: list[Tokens] = field(default_factory=list)
+
+    def context(self) -> torch.Tensor:
+        """What the UNet's cross-attention reads: the states concatenated along features."""
+        return torch.cat(list(self.states.values()), dim=-1)
+
+    def clone(self) -> Embeddings:
+        return Embeddings({k: v.clone() for k, v in self.states.items()},
+                          None if self.pooled is None else self.pooled.clone(), list(self.tokens))
+
+    @staticmethod
+    def cat(items: list[Embeddings]) -> Embeddings:
+        pooled = None if items[0].pooled is None else torch.cat([e.pooled for e in items])
+        return Embeddings({k: torch.cat([e.states[k] for e in items]) for k in items[0].states}, pooled,
+                          [t for e in items for t in e.tokens])
+
+    def __getitem__(self, i) -> Embeddings:
+        sl = slice(i, i + 1) if isinstance(i, int) else i
+        toks = self.tokens[sl] if self.tokens else []
+        return Embeddings({k: v[sl] for k, v in self.states.items()},
+                          None if self.pooled is None else self.pooled[sl], toks)
+
+
+def _encoder_name(text_encoder) -> str:
+    dim = text_encoder.config.hidden_size
+    return {768: "clip_l", 1024: "openclip_h", 1280: "openclip_g"}.get(dim, "clip")
+
+
+class TextConditioning:
+    """Tokenize, encode per encoder and run the UNet, for SD-style and SDXL-style pipelines alike."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+        if self.family == "sdxl":
+            self.encoders = {"clip_l": (pipe.tokenizer, pipe.text_encoder),
+                             "openclip_g": (pipe.tokenizer_2, pipe.text_encoder_2)}
+        else:
+            self.encoders = {_encoder_name(pipe.text_encoder): (pipe.tokenizer, pipe.text_encoder)}
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {k: enc.config.hidden_size for k, (_, enc) in self.encoders.items()}
+
+    @property
+    def tokenizer(self):
+        return next(iter(self.encoders.values()))[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    def default_size(self) -> tuple[int, int]:
+        s = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return s, s
+
+    def tokenize(self, text: str, tokenizer=None) -> Tokens:
+        tok = tokenizer or self.tokenizer
+        out = tok(text, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                  return_offsets_mapping=True)
+        ids = out["input_ids"]
+        specials = set(tok.all_special_ids)
+        special = [i in specials and o == (0, 0) for i, o in zip(ids, out["offset_mapping"])]
+        return Tokens(text, ids, tok.convert_ids_to_tokens(ids), [tuple(o) for o in out["offset_mapping"]],
+                      special)
+
+    @torch.no_grad()
+    def encode(self, texts: str | list[str]) -> Embeddings:
+        """Token-wise states (and pooled embedding) exactly as the pipeline itself computes them."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        states, pooled = {}, None
+        for name, (tok, enc) in self.encoders.items():
+            ids = torch.tensor([self.tokenize(t, tok).ids for t in texts], device=enc.device)
+            if self.family == "sdxl":  # SDXL reads the penultimate layer of both encoders
+                out = enc(ids, output_hidden_states=True)
+                states[name] = out.hidden_states[-2]
+                pooled = out[0]  # the last encoder's projected pooled output (text_embeds)
+            else:
+                states[name] = enc(ids)[0]
+        return Embeddings(states, pooled, [self.tokenize(t) for t in texts])
+
+    def encode_negative(self, negative: str | None, batch: int = 1) -> Embeddings:
+        """The unconditional branch; SDXL uses zeros for an absent negative prompt, as its pipeline does."""
+        if negative is None and self.family == "sdxl" and self.pipe.config.get("force_zeros_for_empty_prompt", True):
+            e = self.encode([""] * batch)
+            return Embeddings({k: torch.zeros_like(v) for k, v in e.states.items()}, torch.zeros_like(e.pooled),
+                              e.tokens)
+        return self.encode([negative or ""] * batch)
+
+    def added_cond(self, emb: Embeddings, height: int, width: int) -> dict | None:
+        if self.family != "sdxl":
+            return None
+        # original size, crop top-left, target size: an uncropped image at the size asked for
+        ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=emb.pooled.dtype, device=emb.pooled.device)
+        return {"text_embeds": emb.pooled, "time_ids": ids.repeat(emb.pooled.shape[0], 1)}
+
+    def unet(self, latents: torch.Tensor, t, emb: Embeddings, height: int | None = None,
+             width: int | None = None, **kwargs) -> torch.Tensor:
+        """One UNet evaluation on these embeddings (batch of latents and embeddings must agree)."""
+        if height is None:
+            height, width = (s * self.pipe.vae_scale_factor for s in latents.shape[-2:])
+        unet = self.pipe.unet
+        ctx = emb.context().to(unet.dtype)
+        added = self.added_cond(emb, height, width)
+        if added:
+            added = {k: v.to(unet.dtype) for k, v in added.items()}
+        return unet(latents.to(unet.dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added,
+                    **kwargs).sample

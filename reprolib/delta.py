@@ -1,0 +1,114 @@
+"""``Delta``: an attribute direction in token-wise text-embedding space, one vector per text encoder.
+
+Saved as safetensors with metadata (model family, dims, how it was made). Also reads the original
+CompVis ``attribute-control`` ``.pt`` files safely (``torch.load(weights_only=True)``: tensors only,
+no code is unpickled).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+# key names of the original .pt files → our encoder names
+ORIGINAL_KEYS = {"tokenwise_delta.oai_clip_vit_l": "clip_l", "tokenwise_delta.openclip_g": "openclip_g"}
+
+
+class DeltaMismatch(ValueError):
+    """A delta made for another model (other encoders or dims) than the pipeline it is used with."""
+
+
+class Delta:
+    """One direction per encoder: ``vectors = {"clip_l": Tensor[768], ...}``; ``meta`` says where it came from."""
+
+    def __init__(self, vectors: dict[str, torch.Tensor], meta: dict | None = None):
+        if not vectors:
+            raise ValueError("a Delta needs at least one encoder's vector")
+        self.vectors = {k: v.detach().float().reshape(-1).cpu() for k, v in vectors.items()}
+        self.meta = dict(meta or {})
+        self.meta.setdefault("dims", {k: v.numel() for k, v in self.vectors.items()})
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}={v.numel()}" for k, v in self.vectors.items())
+        tag = self.meta.get("tag", "")
+        return f"Delta({tag + ': ' if tag else ''}{dims}, |Δ|={self.norm():.3g})"
+
+    def norm(self) -> float:
+        return float(sum(v.pow(2).sum() for v in self.vectors.values()) ** 0.5)
+
+    def __mul__(self, s: float) -> Delta:
+        return Delta({k: v * s for k, v in self.vectors.items()}, self.meta)
+
+    __rmul__ = __mul__
+
+    def __add__(self, other: Delta) -> Delta:
+        if set(self.vectors) != set(other.vectors):
+            raise DeltaMismatch(f"cannot add deltas for encoders {sorted(self.vectors)} and {sorted(other.vectors)}")
+        return Delta({k: v + other.vectors[k] for k, v in self.vectors.items()}, self.meta)
+
+    def __neg__(self) -> Delta:
+        return self * -1.0
+
+    def __sub__(self, other: Delta) -> Delta:
+        return self + (-other)
+
+    def check(self, cond) -> None:
+        """Raise :class:`DeltaMismatch` unless this delta fits ``cond`` (a ``TextConditioning``)."""
+        dims = cond.dims
+        mine = {k: v.numel() for k, v in self.vectors.items()}
+        if mine != dims:
+            made = self.meta.get("model") or self.meta.get("family") or "another model"
+            raise DeltaMismatch(
+                f"this delta has encoders {mine} (made for {made}) but the pipeline's text encoders are {dims}. "
+                "Use a delta made for this model, or make one with reprolib.contrastive_delta / learn_delta.")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.meta.items()}
+        save_file({k: v.contiguous() for k, v in self.vectors.items()}, str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Delta:
+        """Read a reprolib ``.safetensors`` delta or an original attribute-control ``.pt`` file."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no delta file at {path}")
+        if path.suffix == ".pt":
+            return cls._load_original(path)
+        try:
+            vectors = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                raw = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable safetensors delta ({e}). Save deltas with Delta.save, "
+                             "or pass an original attribute-control .pt file.") from None
+        meta = {}
+        for k, v in raw.items():
+            try:
+                meta[k] = json.loads(v)
+            except json.JSONDecodeError:
+                meta[k] = v
+        return cls(vectors, meta)
+
+    @classmethod
+    def _load_original(cls, path: Path) -> Delta:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt file, or a pickle that needs code: refuse either way
+            raise ValueError(f"{path} could not be read as a tensors-only .pt delta ({type(e).__name__}: "
+                             f"{str(e)[:200]}). Only files holding plain tensors are loaded.") from None
+        d = obj.get("delta", obj) if isinstance(obj, dict) else None
+        vectors = {ORIGINAL_KEYS[k]: v for k, v in (d or {}).items() if k in ORIGINAL_KEYS}
+        if not vectors:
+            raise ValueError(f"{path} holds no attribute-control delta: expected a dict {{'delta': "
+                             f"{{{', '.join(ORIGINAL_KEYS)}}}}}, found keys {list(d or obj)[:5] if isinstance(obj, dict) else type(obj).__name__}")
+        family = "sdxl" if set(vectors) == {"clip_l", "openclip_g"} else "sd"
+        return cls(vectors, {"family": family, "method": "original attribute-control .pt", "source": path.name,
+                             "tag": path.stem})

@@ -1,0 +1,98 @@
+"""Load a ready diffusers pipeline: the embedded shapes world, a known SD model, a hub id or a folder.
+
+| name     | what                         | hub id                                         |
+|----------|------------------------------|------------------------------------------------|
+| `shapes` | embedded shapes-world model  | (ships inside reprolib, no download)           |
+| `sd15`   | Stable Diffusion 1.5         | `stable-diffusion-v1-5/stable-diffusion-v1-5`  |
+| `sd21`   | Stable Diffusion 2.1 (768)   | `stabilityai/stable-diffusion-2-1`             |
+| `sdxl`   | Stable Diffusion XL base 1.0 | `stabilityai/stable-diffusion-xl-base-1.0`     |
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .device import pick_device, pick_dtype
+
+KNOWN_MODELS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model's weights are not here and cannot be fetched; the message says how to get them."""
+
+
+def quiet() -> None:
+    """Silence progress bars and library chatter when running under CI (``$CI`` set)."""
+    if not os.environ.get("CI"):
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar(), tlog.disable_progress_bar()
+    dlog.set_verbosity_error(), tlog.set_verbosity_error()
+
+
+def resolve(model: str | os.PathLike) -> str:
+    """A known name → its hub id; a folder stays a folder; anything else is taken as a hub id."""
+    if isinstance(model, os.PathLike) or Path(str(model)).exists():
+        return str(model)
+    if model == "shapes":
+        return str(SHAPES_DIR)
+    return KNOWN_MODELS.get(str(model), str(model))
+
+
+def _pipeline_class(path_or_id: str):
+    import diffusers
+
+    index = Path(path_or_id) / "model_index.json"
+    if index.exists():
+        import json
+
+        name = json.loads(index.read_text()).get("_class_name", "DiffusionPipeline")
+        return getattr(diffusers, name, diffusers.DiffusionPipeline)
+    return diffusers.DiffusionPipeline
+
+
+def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None, **kwargs):
+    """A ready diffusers pipeline on the chosen device/dtype, progress bars off under CI.
+
+    ``model``: ``"shapes"`` (embedded), ``"sd15"``, ``"sd21"``, ``"sdxl"``, another hub id, or a local
+    pipeline folder. Extra keyword arguments go to ``from_pretrained``.
+    """
+    quiet()
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    src = resolve(model)
+    local = Path(src)
+    if model == "shapes" and not (local / "model_index.json").exists():
+        raise ModelNotAvailable(
+            f"the embedded shapes-world weights are missing from {local}. Train and export them with\n"
+            "  python -m reprolib.shapes.train --out runs/shapes\n"
+            f"  python -m reprolib.shapes.train --out runs/shapes --export {local}")
+    if local.exists() and not (local / "model_index.json").exists():
+        raise ModelNotAvailable(
+            f"{local} is a folder but not a diffusers pipeline (no model_index.json in it). Point to the "
+            "folder that `pipe.save_pretrained(...)` or `hf download <repo id> --local-dir <folder>` wrote.")
+    cls = _pipeline_class(src)
+    try:
+        pipe = cls.from_pretrained(src, torch_dtype=dt, **kwargs)
+    except (OSError, ValueError) as e:  # huggingface_hub's offline/missing-repo errors arrive as these
+        if local.exists():
+            raise
+        hint = f" (the '{model}' entry of reprolib.pipelines.KNOWN_MODELS)" if model in KNOWN_MODELS else ""
+        raise ModelNotAvailable(
+            f"could not load '{src}'{hint}: it is not in the local Hugging Face cache and could not be "
+            f"downloaded ({type(e).__name__}). On a machine with internet access run\n"
+            f"  hf download {src} --local-dir models/{src.split('/')[-1]}\n"
+            f"then pass that folder: load_pipeline('models/{src.split('/')[-1]}').") from None
+    pipe = pipe.to(dev)
+    pipe.set_progress_bar_config(disable=bool(os.environ.get("CI")))
+    return pipe

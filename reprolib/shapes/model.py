@@ -1,0 +1,66 @@
+"""The shapes-world model: Stable Diffusion's component classes at a size a laptop CPU trains.
+
+Same classes as SD 1.5 (AutoencoderKL, UNet2DConditionModel, CLIPTextModel, CLIPTokenizer,
+DDIMScheduler), so every reprolib function treats it exactly like a real model.
+"""
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .tokenizer import MAX_LENGTH
+
+TEXT_DIM = 64
+# SD's noise schedule, so the scheduler chapter and the guidance maths carry over unchanged
+SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+def build_vae() -> AutoencoderKL:
+    """64×64 RGB ↔ 16×16×4 latents (two downsamplings, as SD's ×8 is three)."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64), norm_num_groups=8,
+    )
+
+
+def build_unet() -> UNet2DConditionModel:
+    """Cross-attention at 16×16 and 8×8 (down and up) and in the 4×4 mid block.
+
+    Heads are 32 channels wide (diffusers' ``attention_head_dim`` here means the number of
+    heads): with SD's default of 8 heads, a 32-channel layer gets 4-dim heads whose attention
+    stays nearly uniform and never localises a word.
+    """
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=(1, 2, 2), norm_num_groups=16,
+    )
+
+
+def build_text_encoder(tokenizer) -> CLIPTextModel:
+    cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=3,
+        num_attention_heads=2, max_position_embeddings=MAX_LENGTH, projection_dim=TEXT_DIM,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(cfg)
+
+
+def training_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False)
+
+
+def sampling_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=1)
+
+
+def assemble(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sampling_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )

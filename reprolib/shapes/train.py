@@ -1,0 +1,210 @@
+"""Train the shapes-world model on CPU: VAE first, then UNet + text encoder; export the pipeline.
+
+    python -m reprolib.shapes.train --out runs/shapes                 # train (resumes if interrupted)
+    python -m reprolib.shapes.train --out runs/shapes --unet-steps 12000   # continue a finished run
+    python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights
+
+Every batch is drawn from a generator seeded by (seed, stage, step), so a resumed run sees the
+same batches and noise as one that never stopped. Checkpoints are written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import world
+from .model import assemble, build_text_encoder, build_unet, build_vae, training_scheduler
+from .tokenizer import load_tokenizer, save_tokenizer
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+
+
+def _images(scenes) -> torch.Tensor:
+    a = np.stack([world.render(s) for s in scenes]).astype(np.float32) / 127.5 - 1
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+def _foreground(x: torch.Tensor) -> torch.Tensor:
+    bg = torch.tensor(world.BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 127.5 - 1
+    return ((x - bg).abs().sum(1, keepdim=True) > 0.05).to(x.dtype)
+
+
+def data(out: Path, n_scenes: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """Rendered training images and captions (cached; rebuilt identically from the seed)."""
+    path = out / "data.pt"
+    if path.exists():
+        d = torch.load(path)
+        if d["n"] == n_scenes and d["seed"] == seed:
+            return d["images"], d["captions"]
+    scenes = world.scenes(n_scenes, seed=seed, p_empty=0.1)
+    images = torch.cat([_images(scenes[i:i + 1000]) for i in tqdm(range(0, n_scenes, 1000), desc="render")])
+    images = ((images + 1) * 127.5).round().to(torch.uint8)
+    captions = [s.caption for s in scenes]
+    _save_atomic({"n": n_scenes, "seed": seed, "images": images, "captions": captions}, path)
+    return images, captions
+
+
+def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int = 32, lr: float = 1e-3):
+    ckpt = out / "vae.pt"
+    vae = build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    start = 0
+    if ckpt.exists():
+        c = torch.load(ckpt)
+        vae.load_state_dict(c["model"]), opt.load_state_dict(c["opt"])
+        start = c["step"]
+    if start >= steps:
+        return vae
+    vae.train()
+    bar = tqdm(range(start, steps), desc="vae", initial=start, total=steps)
+    for step in bar:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, len(images), (batch,), generator=g)
+        x = images[idx].float() / 127.5 - 1
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        # objects are a small part of each image: weight their pixels up so edges stay sharp
+        w = 1 + 4 * _foreground(x)
+        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+    return vae
+
+
+@torch.no_grad()
+def encode_all(out: Path, vae, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Latent means and std-devs of all images, and the scaling factor that gives latents unit variance."""
+    path = out / "latents.pt"
+    if path.exists():
+        d = torch.load(path)
+        if len(d["mean"]) == len(images):
+            return d, d["scaling_factor"]
+    vae.eval()
+    means, stds = [], []
+    for i in tqdm(range(0, len(images), 500), desc="encode"):
+        dist = vae.encode(images[i:i + 500].float() / 127.5 - 1).latent_dist
+        means.append(dist.mean.half()), stds.append(dist.std.half())
+    d = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    d["scaling_factor"] = float(1 / d["mean"].float().std())
+    _save_atomic(d, path)
+    return d, d["scaling_factor"]
+
+
+def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: int, seed: int,
+               batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.999):
+    ckpt = out / "unet.pt"
+    torch.manual_seed(seed)  # initial weights
+    unet, text = build_unet(), build_text_encoder(tokenizer)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
+    start, history = 0, []
+    if ckpt.exists():
+        c = torch.load(ckpt)
+        unet.load_state_dict(c["unet"]), text.load_state_dict(c["text"]), opt.load_state_dict(c["opt"])
+        ema, start, history = c["ema"], c["step"], c["history"]
+    if start >= steps:
+        return unet, text, ema, history
+    sched = training_scheduler()
+    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                    return_tensors="pt").input_ids
+    sf = latents["scaling_factor"]
+    unet.train(), text.train()
+    bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
+    t0, running = time.time(), None
+    for step in bar:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + step)
+        idx = torch.randint(0, len(ids), (batch,), generator=g)
+        mean, std = latents["mean"][idx].float(), latents["std"][idx].float()
+        x0 = (mean + std * torch.randn(mean.shape, generator=g)) * sf
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        cond = text(ids[idx])[0]
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():  # EMA weights are what ships: they sample far cleaner than the last step's
+            for name, model in (("unet", unet), ("text", text)):
+                for k, v in model.state_dict().items():
+                    if v.dtype.is_floating_point:
+                        ema[name][k].mul_(ema_decay).add_(v, alpha=1 - ema_decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            history.append({"step": step + 1, "loss": running, "seconds": time.time() - t0})
+            _save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+                          "ema": ema, "step": step + 1, "history": history}, ckpt)
+    return unet, text, ema, history
+
+
+def export(out: Path, dest: Path) -> Path:
+    """Write the EMA weights as a standard diffusers pipeline folder (safetensors)."""
+    tokenizer = load_tokenizer(out / "tokenizer")
+    vae = build_vae()
+    vae.load_state_dict(torch.load(out / "vae.pt")["model"])
+    vae.register_to_config(scaling_factor=torch.load(out / "latents.pt")["scaling_factor"])
+    c = torch.load(out / "unet.pt")
+    unet, text = build_unet(), build_text_encoder(tokenizer)
+    unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
+    pipe = assemble(vae, unet, text, tokenizer)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    meta = json.loads((out / "run.json").read_text())
+    meta.update(unet_steps_done=c["step"], final_loss=c["history"][-1]["loss"] if c["history"] else None)
+    (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
+    return Path(dest)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/shapes"), help="run folder (checkpoints, caches)")
+    p.add_argument("--scenes", type=int, default=60_000)
+    p.add_argument("--vae-steps", type=int, default=2000)
+    p.add_argument("--unet-steps", type=int, default=8000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.export:
+        print(f"exported to {export(a.out, a.export)}")
+        return
+    run = {"command": "python -m reprolib.shapes.train " + " ".join(argv or []), "scenes": a.scenes,
+           "vae_steps": a.vae_steps, "unet_steps": a.unet_steps, "batch": a.batch, "seed": a.seed}
+    (a.out / "run.json").write_text(json.dumps(run, indent=1))
+    tok_dir = a.out / "tokenizer"
+    # a resumed run keeps the tokenizer its text encoder was trained with
+    tokenizer = load_tokenizer(tok_dir if (tok_dir / "vocab.json").exists() else save_tokenizer(tok_dir))
+    images, captions = data(a.out, a.scenes, a.seed)
+    vae = train_vae(a.out, images, a.vae_steps, a.seed)
+    latents, sf = encode_all(a.out, vae, images)
+    print(f"latent scaling factor {sf:.4f}")
+    _, _, _, history = train_unet(a.out, latents, captions, tokenizer, a.unet_steps, a.seed, batch=a.batch)
+    if history:
+        print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The shapes world: scenes of coloured shapes, their captions and their renderings.
+
+Everything here is deterministic from a seed, so a scene, its caption and its image can be
+rebuilt anywhere. Sizes are continuous; the words "small"/"big" come from thresholds on them
+and are sometimes dropped, so the text encoder must learn a *direction* for size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RES = 64
+BACKGROUND = (24, 24, 32)
+PALETTE = {
+    "red": (225, 45, 45),
+    "green": (45, 190, 70),
+    "blue": (50, 90, 240),
+    "yellow": (240, 215, 40),
+}
+SHAPES = ("circle", "square", "triangle")
+SIZE_RANGE = (5.0, 13.0)  # half-extent in pixels
+SMALL_BELOW, BIG_ABOVE = 7.5, 10.0  # size words; between them no word is given
+SIZE_MIDDLE = (SMALL_BELOW + BIG_ABOVE) / 2  # the line a measured "small"/"big" is judged by
+# area of a shape of half-extent s is AREA_FACTOR[shape] * s**2
+AREA_FACTOR = {"circle": np.pi, "square": 4.0, "triangle": 2.0}
+WORDS = ("a", "and", "small", "big", *PALETTE, *SHAPES)
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object: shape, colour name, half-extent ``size`` (px) and centre (px, origin top-left)."""
+
+    shape: str
+    colour: str
+    size: float
+    cx: float
+    cy: float
+
+    @property
+    def size_word(self) -> str | None:
+        return size_word(self.size)
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        return (self.cx - self.size, self.cy - self.size, self.cx + self.size, self.cy + self.size)
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]
+    caption: str
+
+
+def size_word(size: float) -> str | None:
+    if size < SMALL_BELOW:
+        return "small"
+    if size > BIG_ABOVE:
+        return "big"
+    return None
+
+
+def phrase(obj: Obj, with_size: bool = True) -> str:
+    """'a big red circle' (the size word only when the size earns one and ``with_size``)."""
+    words = ["a"]
+    if with_size and obj.size_word:
+        words.append(obj.size_word)
+    words += [obj.colour, obj.shape]
+    return " ".join(words)
+
+
+def caption_for(objects: tuple[Obj, ...], rng: np.random.Generator, p_drop_size: float = 0.2) -> str:
+    parts = [phrase(o, with_size=rng.random() >= p_drop_size) for o in objects]
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
+    ax0, ay0, ax1, ay1 = a.bbox
+    bx0, by0, bx1, by1 = b.bbox
+    return not (ax1 + margin < bx0 or bx1 + margin < ax0 or ay1 + margin < by0 or by1 + margin < ay0)
+
+
+def random_objects(rng: np.random.Generator, n: int, res: int = RES) -> tuple[Obj, ...]:
+    """``n`` non-overlapping objects of distinct colours, fully inside the image."""
+    colours = rng.choice(list(PALETTE), size=n, replace=False)
+    objs: list[Obj] = []
+    for colour in colours:
+        for _ in range(200):
+            size = float(rng.uniform(*SIZE_RANGE))
+            # later objects get a little smaller on failure so three always fit
+            cx, cy = rng.uniform(size + 1, res - size - 1, size=2)
+            o = Obj(str(rng.choice(SHAPES)), str(colour), size, float(cx), float(cy))
+            if not any(_overlaps(o, p) for p in objs):
+                objs.append(o)
+                break
+        else:  # pragma: no cover - rare; a smaller object always fits
+            raise RuntimeError("could not place objects")
+    return tuple(objs)
+
+
+def random_scene(rng: np.random.Generator, n_objects: int | None = None, p_empty: float = 0.0,
+                 p_drop_size: float = 0.2) -> Scene:
+    n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+    objs = random_objects(rng, n)
+    caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)
+    return Scene(objs, caption)
+
+
+def scenes(n: int, seed: int, **kw) -> list[Scene]:
+    """``n`` random scenes, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    return [random_scene(rng, **kw) for _ in range(n)]
+
+
+def coverage(obj: Obj, res: int = RES, supersample: int = 4) -> np.ndarray:
+    """Fraction of each pixel covered by ``obj`` (antialiased by supersampling its bounding box)."""
+    out = np.zeros((res, res), np.float32)
+    x0, y0 = max(0, int(obj.cx - obj.size) - 1), max(0, int(obj.cy - obj.size) - 1)
+    x1, y1 = min(res, int(obj.cx + obj.size) + 2), min(res, int(obj.cy + obj.size) + 2)
+    cx = x0 + (np.arange((x1 - x0) * supersample) + 0.5) / supersample  # sub-pixel centres, pixel units
+    cy = y0 + (np.arange((y1 - y0) * supersample) + 0.5) / supersample
+    x, y = np.meshgrid(cx, cy)
+    dx, dy, s = x - obj.cx, y - obj.cy, obj.size
+    if obj.shape == "circle":
+        inside = dx**2 + dy**2 <= s**2
+    elif obj.shape == "square":
+        inside = (np.abs(dx) <= s) & (np.abs(dy) <= s)
+    elif obj.shape == "triangle":  # upright: apex at top, base at the bottom
+        inside = (dy <= s) & (dy >= -s) & (np.abs(dx) <= (dy + s) / 2)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+    out[y0:y1, x0:x1] = inside.reshape(y1 - y0, supersample, x1 - x0, supersample).mean(axis=(1, 3))
+    return out
+
+
+def render(scene: Scene | tuple[Obj, ...], res: int = RES) -> np.ndarray:
+    """The scene as a uint8 (res, res, 3) image."""
+    objs = scene.objects if isinstance(scene, Scene) else scene
+    img = np.empty((res, res, 3), np.float32)
+    img[:] = BACKGROUND
+    for o in objs:
+        a = coverage(o, res)[..., None]
+        img = img * (1 - a) + np.asarray(PALETTE[o.colour], np.float32) * a
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def parse_caption(caption: str) -> list[dict]:
+    """Objects a caption asks for: [{'shape', 'colour', 'size_word'}] (inverse of ``caption_for``)."""
+    out = []
+    for part in caption.replace(" and ", ", ").split(","):
+        words = part.split()
+        if not words:
+            continue
+        shape = next((w for w in words if w in SHAPES), None)
+        colour = next((w for w in words if w in PALETTE), None)
+        size = next((w for w in words if w in ("small", "big")), None)
+        if shape is None or colour is None:
+            raise ValueError(f"cannot parse {part.strip()!r} in caption {caption!r}: "
+                             f"expected '[a] [small|big] <{'|'.join(PALETTE)}> <{'|'.join(SHAPES)}>'")
+        out.append({"shape": shape, "colour": colour, "size_word": size})
+    return out
