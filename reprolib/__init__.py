@@ -14,8 +14,8 @@ from .conditioning import Embeddings, TextConditioning, Tokens  # noqa: E402
 from .delta import Delta, DeltaMismatch  # noqa: E402
 from .device import pick_device, pick_dtype  # noqa: E402
 from .generate import generate  # noqa: E402
-from .pipelines import KNOWN_MODELS, ModelNotAvailable, load_pipeline  # noqa: E402
+from .pipelines import KNOWN_MODELS, ModelNotAvailable, describe, load_pipeline, try_load  # noqa: E402
 from .tokens import SpanError, token_span  # noqa: E402
 
 __all__ = ["Delta", "DeltaMismatch", "Embeddings", "KNOWN_MODELS", "ModelNotAvailable", "SpanError",
-           "TextConditioning", "Tokens", "generate", "load_pipeline", "pick_device", "pick_dtype", "token_span"]
+           "TextConditioning", "Tokens", "describe", "generate", "load_pipeline", "try_load", "pick_device", "pick_dtype", "token_span"]

@@ -83,7 +83,7 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
             "folder that `pipe.save_pretrained(...)` or `hf download <repo id> --local-dir <folder>` wrote.")
     cls = _pipeline_class(src)
     try:
-        pipe = cls.from_pretrained(src, torch_dtype=dt, **kwargs)
+        pipe = cls.from_pretrained(src, dtype=dt, **kwargs)
     except (OSError, ValueError) as e:  # huggingface_hub's offline/missing-repo errors arrive as these
         if local.exists():
             raise
@@ -96,3 +96,30 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=bool(os.environ.get("CI")))
     return pipe
+
+
+def describe(pipe) -> str:
+    """One line per component: its class and parameter count (the parts chapter 01 takes apart)."""
+    lines = []
+    for name, comp in pipe.components.items():
+        if comp is None:
+            continue
+        n = sum(p.numel() for p in comp.parameters()) if hasattr(comp, "parameters") else None
+        size = f"{n / 1e6:8.2f} M parameters" if n else ""
+        lines.append(f"{name:<15} {type(comp).__name__:<28} {size}")
+    return "\n".join(lines)
+
+
+def try_load(model: str, *, need_gpu: bool = True, **kwargs):
+    """The pipeline if it can run here (weights present, and a GPU when ``need_gpu``), else None and a message.
+
+    For the chapters' real-model cells: they are skipped with this message on a CPU-only machine.
+    """
+    if need_gpu and pick_device().type != "cuda":
+        print(f"skipped: '{model}' needs a CUDA GPU; this machine has none. The same cell runs unchanged on one.")
+        return None
+    try:
+        return load_pipeline(model, **kwargs)
+    except ModelNotAvailable as e:
+        print(f"skipped: {e}")
+        return None

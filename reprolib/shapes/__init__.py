@@ -1,6 +1,5 @@
-"""The shapes world: a synthetic world of coloured shapes, its ruler, and a tiny SD-style model of it."""
-from .measure import Found, find, fraction_in_box, measure
-from .world import PALETTE, SHAPES, Obj, Scene, parse_caption, random_scene, render, scenes
+"""The shapes world: a synthetic world of coloured shapes (``world``), its ruler (``measure``), and a tiny
+SD-style model of it (``model``, ``train``, ``evaluate``)."""
+from . import measure, world
 
-__all__ = ["PALETTE", "SHAPES", "Obj", "Scene", "Found", "find", "fraction_in_box", "measure", "parse_caption",
-           "random_scene", "render", "scenes"]
+__all__ = ["measure", "world"]

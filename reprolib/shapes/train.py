@@ -83,7 +83,7 @@ def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % 250 == 0 or step + 1 == steps:
+        if (step + 1) % 100 == 0 or step + 1 == steps:
             _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
     return vae
 
