@@ -3,7 +3,7 @@
     pipe = reprolib.load_pipeline("shapes")                  # or "sd15", "sd21", "sdxl", a hub id, a folder
     size = reprolib.contrastive_delta(pipe, "shapes/size")   # optimization-free attribute delta
     img = reprolib.generate(pipe, "a red circle and a blue square", seed=0,
-                            edits=[(size, "circle", 1.5)],              # make only the circle bigger
+                            edits=[(size, "circle", 1.5)],               # make only the circle bigger
                             boxes={"blue square": (0.0, 0.0, 0.5, 0.5)})  # and put the square top-left
 """
 import os as _os
@@ -11,11 +11,16 @@ import os as _os
 _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keeps import-time notices out of notebooks
 
 from .conditioning import Embeddings, TextConditioning, Tokens  # noqa: E402
+from .contrastive import contrastive_delta  # noqa: E402
 from .delta import Delta, DeltaMismatch  # noqa: E402
 from .device import pick_device, pick_dtype  # noqa: E402
 from .generate import generate  # noqa: E402
 from .pipelines import KNOWN_MODELS, ModelNotAvailable, describe, load_pipeline, try_load  # noqa: E402
+from .prompts import ConfigError, Pair, PromptConfig, load_config  # noqa: E402
 from .tokens import SpanError, token_span  # noqa: E402
+from .widgets import attribute_slider  # noqa: E402
 
-__all__ = ["Delta", "DeltaMismatch", "Embeddings", "KNOWN_MODELS", "ModelNotAvailable", "SpanError",
-           "TextConditioning", "Tokens", "describe", "generate", "load_pipeline", "try_load", "pick_device", "pick_dtype", "token_span"]
+__all__ = ["ConfigError", "Delta", "DeltaMismatch", "Embeddings", "KNOWN_MODELS", "ModelNotAvailable", "Pair",
+           "PromptConfig", "SpanError", "TextConditioning", "Tokens", "attribute_slider", "contrastive_delta",
+           "describe", "generate", "load_config", "load_pipeline", "pick_device", "pick_dtype", "token_span",
+           "try_load"]

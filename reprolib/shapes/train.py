@@ -13,6 +13,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def data(out: Path, n_scenes: int, seed: int) -> tuple[torch.Tensor, list[str]]:
 
 def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int = 32, lr: float = 1e-3):
     ckpt = out / "vae.pt"
+    torch.manual_seed(seed)  # initial weights
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     start = 0
@@ -191,7 +193,8 @@ def main(argv=None) -> None:
     if a.export:
         print(f"exported to {export(a.out, a.export)}")
         return
-    run = {"command": "python -m reprolib.shapes.train " + " ".join(argv or []), "scenes": a.scenes,
+    args = sys.argv[1:] if argv is None else argv
+    run = {"command": "python -m reprolib.shapes.train " + " ".join(args), "scenes": a.scenes,
            "vae_steps": a.vae_steps, "unet_steps": a.unet_steps, "batch": a.batch, "seed": a.seed}
     (a.out / "run.json").write_text(json.dumps(run, indent=1))
     tok_dir = a.out / "tokenizer"

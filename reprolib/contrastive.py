@@ -1,0 +1,61 @@
+"""Optimization-free attribute deltas (Baumann et al., §3.2): the mean difference of subject-token embeddings.
+
+For every prefix × prompt pair, encode "prefix + positive" and "prefix + negative" exactly as the
+pipeline does (:meth:`TextConditioning.encode`), read the subject word's token-wise embedding
+(the mean over its tokens when it has several) and average e₊ − e₋. A prompt's subject token
+then moves along the attribute by adding α·Δ to it; nothing is trained.
+"""
+from __future__ import annotations
+
+import torch
+
+from .conditioning import TextConditioning, Tokens
+from .delta import Delta
+from .prompts import PromptConfig, load_config
+from .tokens import SpanError, token_span
+
+
+def subject_span(tokens: Tokens, pattern: str, start: int = 0) -> list[int]:
+    """Token positions of ``pattern`` that lie at or after character ``start``.
+
+    The pattern is looked up in the pair's own words, not in the prefix: in
+    "a blue circle and a big red circle" only the second "circle" is the subject.
+    """
+    pos = [i for i in token_span(tokens, pattern) if tokens.offsets[i][0] >= start]
+    if not pos:
+        raise SpanError(f"{pattern!r} occurs in {tokens.text!r} only in the prefix (before character {start}), "
+                        f"not in the prompt pair itself; fix the pair's pattern. Tokens: {tokens.table()}")
+    return pos
+
+
+def contrastive_delta(pipe, config, *, batch_size: int = 64) -> Delta:
+    """The attribute :class:`Delta` of ``config`` (a shipped name like "shapes/size", a path, dict or PromptConfig).
+
+    One vector per text encoder: ``mean over prefixes × pairs of e(prefix+positive)[subject] −
+    e(prefix+negative)[subject]``, computed in batches of ``batch_size`` prompts.
+    """
+    cfg: PromptConfig = load_config(config)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    cond = TextConditioning(pipe)
+    # (text, pattern, where the pair starts, sign): the positive adds, the negative subtracts
+    jobs: list[tuple[str, str, int, float]] = []
+    for prefix, pair in cfg.combinations():
+        for text, pattern, sign in ((pair.positive, pair.patterns[0], 1.0), (pair.negative, pair.patterns[1], -1.0)):
+            full = PromptConfig.join(prefix, text)
+            jobs.append((full, pattern, len(full) - len(PromptConfig.join("", text)), sign))
+
+    # float64 sums: the mean over hundreds of prompts should not depend on batch size
+    sums = {name: torch.zeros(dim, dtype=torch.float64) for name, dim in cond.dims.items()}
+    for b0 in range(0, len(jobs), batch_size):
+        chunk = jobs[b0:b0 + batch_size]
+        emb = cond.encode([text for text, *_ in chunk])
+        for b, (_, pattern, start, sign) in enumerate(chunk):
+            pos = subject_span(emb.tokens[b], pattern, start)
+            for name, states in emb.states.items():
+                sums[name] += sign * states[b, pos].double().mean(0).cpu()
+
+    n = len(cfg.combinations())
+    return Delta({k: (v / n).float() for k, v in sums.items()},
+                 {"family": cond.family, "model": str(getattr(pipe, "name_or_path", "") or ""), "tag": cfg.tag,
+                  "method": "contrastive", "n_pairs": n, "dims": cond.dims})

@@ -1,0 +1,163 @@
+"""A slider per attribute that re-renders the image as you scrub α (for notebooks).
+
+    size = reprolib.contrastive_delta(pipe, "shapes/size")
+    reprolib.attribute_slider(pipe, "a red circle and a blue square", [(size, "circle", "size")])
+
+Every frame is cached by its tuple of α values (least recently used dropped first), so scrubbing
+back to a value seen before is instant. :meth:`AttributeSlider.render` is a plain function of the
+alphas, so it can be called and tested without a browser.
+"""
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .conditioning import TextConditioning
+from .delta import Delta
+from .tokens import token_span
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One slider: the ``delta`` added to the tokens of ``pattern``, labelled ``name``."""
+
+    delta: Delta
+    pattern: str
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.delta.meta.get("tag") or self.pattern
+
+
+@dataclass
+class CacheInfo:
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+def _attributes(spec) -> list[Attribute]:
+    """Accept one or a list of ``Attribute``, ``(delta, pattern)`` or ``(delta, pattern, name)``."""
+    if isinstance(spec, Attribute) or (isinstance(spec, tuple) and spec and isinstance(spec[0], Delta)):
+        spec = [spec]
+    out = []
+    for item in spec:
+        if isinstance(item, Attribute):
+            out.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) in (2, 3) and isinstance(item[0], Delta):
+            out.append(Attribute(*item))
+        else:
+            raise TypeError(f"each attribute is (delta, pattern) or (delta, pattern, name) with a reprolib Delta; "
+                            f"got {item!r}")
+    if not out:
+        raise ValueError("give at least one attribute: [(delta, pattern, name), ...]")
+    return out
+
+
+class AttributeSlider:
+    """Sliders for α of each attribute and the image they produce; ``render(alphas)`` is cached.
+
+    ``values``: (min, max, step) of every slider. ``generate_kwargs`` go to :func:`reprolib.generate`
+    (steps, guidance_scale, delay, height, ...); the seed stays fixed so only α changes the image.
+    """
+
+    def __init__(self, pipe, prompt: str, attributes, *, seed: int = 0,
+                 values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
+                 **generate_kwargs):
+        self.pipe, self.prompt, self.seed = pipe, prompt, seed
+        self.attributes = _attributes(attributes)
+        lo, hi, step = values
+        if not (lo < hi and step > 0):
+            raise ValueError(f"values is (min, max, step) with min < max and step > 0; got {values}")
+        self.values = (float(lo), float(hi), float(step))
+        self.generate_kwargs = generate_kwargs
+        # fail now, not at the first slider move: wrong model, or a word missing from the prompt
+        cond = TextConditioning(pipe)
+        toks = cond.tokenize(prompt)
+        for a in self.attributes:
+            a.delta.check(cond)
+            token_span(toks, a.pattern)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[float, ...], object] = OrderedDict()
+        self._hits = self._misses = 0
+        self._widget = None
+
+    # --- the pure part ------------------------------------------------------------------------------
+    def _key(self, alphas) -> tuple[float, ...]:
+        alphas = (alphas,) if isinstance(alphas, (int, float)) else tuple(alphas)
+        if len(alphas) != len(self.attributes):
+            raise ValueError(f"need one α per attribute ({[a.label for a in self.attributes]}), got {alphas}")
+        # rounding makes 0.1 + 0.2 and 0.3 the same frame
+        return tuple(round(float(a), 6) for a in alphas)
+
+    def render(self, alphas) -> object:
+        """The image (PIL) for these α values, one per attribute; from the cache when seen before."""
+        from .generate import generate
+
+        key = self._key(alphas)
+        if key in self._cache:
+            self._hits += 1
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        self._misses += 1
+        edits = [(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
+        image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, **self.generate_kwargs)
+        self._cache[key] = image
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return image
+
+    def cache_info(self) -> CacheInfo:
+        return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
+
+    def cache_clear(self) -> None:
+        self._cache.clear()
+        self._hits = self._misses = 0
+
+    # --- the widget ---------------------------------------------------------------------------------
+    @property
+    def alphas(self) -> tuple[float, ...]:
+        return tuple(s.value for s in self.sliders)
+
+    @property
+    def widget(self):
+        """An ipywidgets VBox: one FloatSlider per attribute above the image (built on first use)."""
+        if self._widget is None:
+            import ipywidgets as w
+
+            lo, hi, step = self.values
+            # continuous_update=False: render once on release, not for every pixel dragged
+            self.sliders = [w.FloatSlider(value=0.0, min=lo, max=hi, step=step, description=a.label,
+                                          continuous_update=False, readout_format=".2f")
+                            for a in self.attributes]
+            self.image = w.Image(format="png", layout=w.Layout(width="256px", height="256px"))
+            self.caption = w.Label(self.prompt)
+            for s in self.sliders:
+                s.observe(self._on_change, names="value")
+            self._widget = w.VBox([*self.sliders, self.image, self.caption])
+            self._show(self.alphas)
+        return self._widget
+
+    def _show(self, alphas) -> None:
+        buf = io.BytesIO()
+        self.render(alphas).save(buf, format="PNG")
+        self.image.value = buf.getvalue()
+
+    def _on_change(self, _change) -> None:
+        self._show(self.alphas)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def attribute_slider(pipe, prompt: str, attributes, *, seed: int = 0,
+                     values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
+                     **generate_kwargs) -> AttributeSlider:
+    """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook."""
+    return AttributeSlider(pipe, prompt, attributes, seed=seed, values=values, cache_size=cache_size,
+                           **generate_kwargs)

@@ -1,0 +1,119 @@
+"""The shapes world: determinism, the ruler's accuracy, the tokenizer, and the training command."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reprolib.shapes import measure, world
+from reprolib.shapes.tokenizer import load_tokenizer, save_tokenizer
+
+
+def test_scenes_are_deterministic():
+    a, b = world.scenes(20, seed=3), world.scenes(20, seed=3)
+    assert a == b
+    assert world.scenes(20, seed=4) != a
+    np.testing.assert_array_equal(world.render(a[0]), world.render(b[0]))
+
+
+def test_scene_rules():
+    for s in world.scenes(300, seed=1):
+        assert 1 <= len(s.objects) <= 3
+        assert len({o.colour for o in s.objects}) == len(s.objects)  # distinct colours
+        for o in s.objects:
+            x0, y0, x1, y1 = o.bbox
+            assert 0 <= x0 and x1 <= world.RES and 0 <= y0 and y1 <= world.RES
+        for i, o in enumerate(s.objects):  # no overlap
+            for p in s.objects[i + 1:]:
+                assert not world._overlaps(o, p, margin=0)
+
+
+def test_captions_carry_size_words_and_parse_back():
+    scenes = world.scenes(500, seed=2, p_drop_size=0.2)
+    sized = 0
+    for s in scenes:
+        parsed = world.parse_caption(s.caption)
+        assert [(p["shape"], p["colour"]) for p in parsed] == [(o.shape, o.colour) for o in s.objects]
+        for p, o in zip(parsed, s.objects):
+            if p["size_word"]:
+                sized += 1
+                assert p["size_word"] == o.size_word
+    n_obj = sum(len(s.objects) for s in scenes)
+    assert 0.3 < sized / n_obj < 0.7  # words from thresholds, some dropped: a direction to learn
+    assert any(s.caption == "" for s in world.scenes(200, seed=5, p_empty=0.1))
+
+
+def test_parse_caption_rejects_unknown():
+    with pytest.raises(ValueError, match="cannot parse"):
+        world.parse_caption("a purple hexagon")
+
+
+def test_ruler_accuracy_on_rendered_scenes():
+    """The ruler finds colour and shape of >= 99% of objects, and their size within a pixel."""
+    n = ok_colour = ok_shape = count_ok = 0
+    size_err = []
+    scenes = world.scenes(300, seed=11)
+    for s in scenes:
+        found = measure.measure(world.render(s))
+        count_ok += len(found) == len(s.objects)
+        for o in s.objects:
+            n += 1
+            f = measure.find(found, colour=o.colour)
+            if f is not None:
+                ok_colour += 1
+                ok_shape += f.shape == o.shape
+                size_err.append(abs(f.size - o.size))
+                ys, xs = np.nonzero(world.coverage(o) > 0.5)  # a triangle's centroid sits below its box centre
+                assert abs(f.centroid[0] - xs.mean()) < 1 and abs(f.centroid[1] - ys.mean()) < 1
+    assert ok_colour / n >= 0.99 and ok_shape / n >= 0.99 and count_ok / len(scenes) >= 0.99
+    assert np.mean(size_err) < 0.5
+
+
+def test_fraction_in_box():
+    obj = world.Obj("square", "red", 6, 16, 16)
+    f = measure.find(measure.measure(world.render((obj,))), colour="red")
+    assert measure.fraction_in_box(f.mask, (0, 0, 0.5, 0.5)) == 1.0
+    assert measure.fraction_in_box(f.mask, (0.5, 0.5, 1, 1)) == 0.0
+
+
+def test_tokenizer_one_token_per_word(tmp_path):
+    tok = load_tokenizer(save_tokenizer(tmp_path))
+    enc = tok("a big red circle, a small blue square and a green triangle", return_offsets_mapping=True)
+    words = "a big red circle , a small blue square and a green triangle".split()
+    assert len(enc.input_ids) == len(words) + 2
+    assert tok.convert_ids_to_tokens(enc.input_ids)[1:-1] == [w + "</w>" for w in words]
+    assert enc.offset_mapping[4] == (10, 16)  # "circle"
+    assert len(tok("a purple circle").input_ids) > 5  # unknown words fall back to byte pieces
+
+
+def test_training_command_smoke_and_resume(tmp_path):
+    """A few steps of each stage, then a resumed run with more steps, then export → a loadable pipeline."""
+    from reprolib.pipelines import load_pipeline
+    from reprolib.shapes import train
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--scenes", "96", "--vae-steps", "2", "--batch", "8"]
+    train.main(args + ["--unet-steps", "2"])
+    first = torch.load(out / "unet.pt")
+    assert first["step"] == 2
+    train.main(args + ["--unet-steps", "3"])  # resumes: one more step, not three
+    second = torch.load(out / "unet.pt")
+    assert second["step"] == 3 and len(second["history"]) == 2
+    train.main(["--out", str(out), "--export", str(tmp_path / "pipe")])
+    card = json.loads((tmp_path / "pipe" / "training.json").read_text())
+    assert card["unet_steps_done"] == 3
+    pipe = load_pipeline(tmp_path / "pipe", device="cpu")
+    img = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert img.shape == (64, 64, 3)
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    from reprolib.shapes import train
+
+    base = ["--scenes", "64", "--vae-steps", "2", "--batch", "4"]
+    train.main(["--out", str(tmp_path / "a")] + base + ["--unet-steps", "3"])
+    train.main(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "1"])
+    train.main(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "3"])
+    a, b = torch.load(tmp_path / "a" / "unet.pt"), torch.load(tmp_path / "b" / "unet.pt")
+    for k in a["unet"]:
+        torch.testing.assert_close(a["unet"][k], b["unet"][k])

@@ -1,0 +1,74 @@
+"""attribute_slider: render(alphas) gives images, frames are cached, moving a slider re-renders."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from reprolib.contrastive import contrastive_delta
+from reprolib.delta import DeltaMismatch
+from reprolib.tokens import SpanError
+from reprolib.widgets import AttributeSlider, attribute_slider
+
+PROMPT = "a red circle and a blue square"
+
+
+@pytest.fixture
+def deltas(sd15):
+    return contrastive_delta(sd15, "shapes/size"), contrastive_delta(sd15, "shapes/colour")
+
+
+def slider(pipe, spec, **kw):
+    kw.setdefault("values", (-4.0, 4.0, 1.0))
+    return attribute_slider(pipe, PROMPT, spec, seed=1, steps=2, delay=0.0, **kw)
+
+
+def test_render_returns_images_and_alpha_matters(sd15, deltas):
+    s = slider(sd15, [(deltas[0], "circle", "size")])
+    a, b = s.render((0.0,)), s.render((4.0,))
+    assert isinstance(a, Image.Image) and a.size == (64, 64)
+    assert not np.array_equal(np.asarray(a), np.asarray(b))
+    assert s.render(0.0) is a  # a bare number works for one attribute
+
+
+def test_cache_hits_on_repeat_and_lru_eviction(sd15, deltas):
+    s = slider(sd15, [(deltas[0], "circle", "size"), (deltas[1], "square", "colour")], cache_size=2)
+    first = s.render((1.0, 0.0))
+    assert (s.cache_info().hits, s.cache_info().misses) == (0, 1)
+    assert s.render((1.0, 0.0)) is first
+    assert s.render((0.1 + 0.9, 0.0)) is first  # float noise does not defeat the cache
+    assert (s.cache_info().hits, s.cache_info().misses) == (2, 1)
+    s.render((2.0, 0.0))
+    s.render((1.0, 0.0))  # still cached: refreshes it
+    s.render((3.0, 0.0))  # evicts (2, 0), the least recently used
+    assert s.cache_info().size == 2
+    misses = s.cache_info().misses
+    s.render((1.0, 0.0))
+    assert s.cache_info().misses == misses
+    s.render((2.0, 0.0))
+    assert s.cache_info().misses == misses + 1
+    with pytest.raises(ValueError, match="one α per attribute"):
+        s.render((1.0,))
+
+
+def test_slider_change_triggers_render(sd15, deltas):
+    s = slider(sd15, [(deltas[0], "circle", "size"), (deltas[1], "square")])
+    w = s.widget
+    assert len(s.sliders) == 2 and s.sliders[0].description == "size" and s.sliders[1].description == "shapes/colour"
+    assert s.cache_info().misses == 1  # the α = 0 frame shown at once
+    before = s.image.value
+    s.sliders[0].value = 3.0
+    assert s.cache_info().misses == 2 and s.image.value != before
+    s.sliders[0].value = 0.0  # back to a frame seen before: no new render
+    assert s.cache_info().misses == 2 and s.cache_info().hits == 1 and s.image.value == before
+    assert s.image in w.children
+
+
+def test_bad_spec_fails_before_any_render(sd15, sdxl, deltas):
+    with pytest.raises(SpanError, match="triangle"):
+        slider(sd15, [(deltas[0], "triangle", "size")])
+    with pytest.raises(DeltaMismatch):
+        slider(sdxl, [(deltas[0], "circle")])
+    with pytest.raises(TypeError, match="delta, pattern"):
+        slider(sd15, [("circle", deltas[0])])
+    with pytest.raises(ValueError, match="min < max"):
+        slider(sd15, (deltas[0], "circle"), values=(1.0, -1.0, 0.5))
+    assert isinstance(slider(sd15, (deltas[0], "circle")), AttributeSlider)  # one bare tuple is fine
