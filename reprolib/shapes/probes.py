@@ -1,0 +1,85 @@
+"""Measured effects of attribute edits in the shapes world: size against α, and what leaks to other objects.
+
+The ruler (``measure``) reads each object's area from the generated image; nothing here is learned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import measure
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation (ties get their mean rank); NaN pairs are dropped."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(v):
+        order = v.argsort()
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for u in np.unique(v):  # ties share their mean rank
+            r[v == u] = r[v == u].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@dataclass
+class Sweep:
+    """Areas (px) of the edited and of the other object, shape (len(alphas), len(seeds)); NaN where not found."""
+
+    alphas: list[float]
+    seeds: list[int]
+    target: np.ndarray
+    other: np.ndarray | None
+    images: list  # [alpha][seed]
+
+    def rho(self) -> float:
+        """Mean over seeds of Spearman ρ(α, area of the edited object)."""
+        return float(np.nanmean([spearman(self.alphas, self.target[:, j]) for j in range(len(self.seeds))]))
+
+    def rho_of_mean(self) -> float:
+        """Spearman ρ(α, mean area over seeds)."""
+        return spearman(self.alphas, np.nanmean(self.target, axis=1))
+
+    def leak(self) -> float:
+        """|change of the other object's mean area| ÷ |change of the edited one's|, first α to last."""
+        if self.other is None:
+            return float("nan")
+        t, o = np.nanmean(self.target, axis=1), np.nanmean(self.other, axis=1)
+        return float(abs(o[-1] - o[0]) / max(abs(t[-1] - t[0]), 1e-6))
+
+
+def size_sweep(pipe, delta, prompt: str, word: str, target: tuple[str, str], other: tuple[str, str] | None = None,
+               alphas=(-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0), seeds=range(8), **generate_kwargs) -> Sweep:
+    """Generate ``prompt`` with ``(delta, word, α)`` for each α and seed; measure the (colour, shape) objects.
+
+    ``target``/``other`` are (colour, shape) of the edited object and of a bystander, e.g.
+    ``("red", "circle")`` and ``("blue", "square")``.
+    """
+    from ..generate import generate
+
+    alphas, seeds = list(alphas), list(seeds)
+    tgt = np.full((len(alphas), len(seeds)), np.nan)
+    oth = np.full_like(tgt, np.nan) if other else None
+    images = []
+    for i, a in enumerate(alphas):
+        row = generate(pipe, prompt, seed=seeds, edits=[(delta, word, a)], **generate_kwargs)
+        images.append(row)
+        for j, im in enumerate(row):
+            found = measure.measure(np.asarray(im))
+            f = measure.find(found, colour=target[0])
+            tgt[i, j] = f.area if f else np.nan
+            if other:
+                g = measure.find(found, colour=other[0])
+                oth[i, j] = g.area if g else np.nan
+    return Sweep(alphas, seeds, tgt, oth, images)
