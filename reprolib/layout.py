@@ -141,12 +141,13 @@ def box_mask(boxes: Sequence[Box], h: int, w: int) -> torch.Tensor:
     return m
 
 
-def layout_energy(maps: Sequence[torch.Tensor], targets: Sequence[Target]) -> torch.Tensor:
-    """The paper's energy: mean over maps, phrases and prompts of (1 − Σ_box A / Σ A)².
+def layout_energy(maps: Sequence[torch.Tensor], targets: Sequence[Target], per_image: bool = False) -> torch.Tensor:
+    """The paper's energy: mean over maps and phrases of (1 − Σ_box A / Σ A)², then over the batch.
 
     ``maps``: tensors (batch, heads, h, w, tokens); A is the phrase's attention, averaged over
     heads and its tokens. (The official code instead averages the energy of each head and token.)
-    0 when all of a phrase's attention is inside its box, 1 when none is.
+    0 when all of a phrase's attention is inside its box, 1 when none is. ``per_image``: return
+    one energy per image (batch,) instead of their mean, so each image is guided on its own.
     """
     if not maps or not targets:
         raise ValueError("layout_energy needs at least one map and one target")
@@ -162,8 +163,9 @@ def layout_energy(maps: Sequence[torch.Tensor], targets: Sequence[Target]) -> to
                 att = a[b][..., rows[b]].mean(dim=(0, -1))  # (h, w)
                 inside = (att * mask).sum() / att.sum().clamp_min(torch.finfo(att.dtype).tiny)
                 per_row.append((1 - inside) ** 2)
-            total = total + torch.stack(per_row).mean()
-    return total / (len(maps) * len(targets))
+            total = total + torch.stack(per_row)
+    energies = total / (len(maps) * len(targets))
+    return energies if per_image else energies.mean()
 
 
 # ----------------------------------------------------------------------------- the step size
@@ -278,7 +280,7 @@ class BackwardGuidance:
             unet.disable_gradient_checkpointing()
         self._entered = False
 
-    def energy(self, latents: torch.Tensor, t, cond_embeddings, step: int = 0) -> torch.Tensor:
+    def energy(self, latents: torch.Tensor, t, cond_embeddings, step: int = 0, per_image: bool = False) -> torch.Tensor:
         """E at these latents (conditional branch only), with the graph back to them when they require grad."""
         if not self._entered or self.store is None:
             raise RuntimeError("energy() needs backward mode and the hook entered (`with guidance:`)")
@@ -293,7 +295,7 @@ class BackwardGuidance:
             pass
         finally:
             store.active = False  # the sampler's own passes are not recorded
-        return layout_energy([store.grid(n, step) for n in self.layers], self.targets)
+        return layout_energy([store.grid(n, step) for n in self.layers], self.targets, per_image=per_image)
 
     def _gradient(self, energy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # checkpoint recomputation must redo the same forward: the explicit path, not cut short
@@ -317,18 +319,22 @@ class BackwardGuidance:
         sched = self.cond.pipe.scheduler
         for it in range(cfg.max_iters):
             x = latents.detach().requires_grad_(True)
-            e = self.energy(x, t, cond_embeddings, step=i)
-            value = float(e.detach())
+            e = self.energy(x, t, cond_embeddings, step=i, per_image=True)
+            values = e.detach().float()
+            value = float(values.mean())
             record = {"step": i, "iter": it, "energy": value, "updated": False}
             self.history.append(record)
             if not math.isfinite(value):
                 warnings.warn(f"layout guidance: energy is {value} at step {i}, iteration {it}; update skipped "
                               "(try float32 or a smaller eta)", RuntimeWarning, stacklevel=2)
                 break
-            if value <= cfg.loss_threshold:
+            # each image is guided until its own energy is under the threshold (images never interact in
+            # the UNet, so masking its energy out of the sum leaves the others' gradients unchanged)
+            active = values > cfg.loss_threshold
+            if not active.any():
                 self._done = True
                 break
-            grad = self._gradient(cfg.eta * e, x)
+            grad = self._gradient(cfg.eta * (e * active.to(e.dtype)).sum(), x)
             if not torch.isfinite(grad).all():
                 warnings.warn(f"layout guidance: non-finite gradient at step {i}, iteration {it}; update "
                               "skipped (try float32 or a smaller eta)", RuntimeWarning, stacklevel=2)

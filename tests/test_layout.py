@@ -1,7 +1,9 @@
-"""Layout guidance (reprolib.layout): boxes, energy, the step size per scheduler, the hook, the CLI."""
+"""Layout guidance (reprolib.layout): boxes, energy, the step size per scheduler, the hook, the CLI; and its
+measurement in the shapes world (reprolib.shapes.layout_probe, benchmarks/layout.py)."""
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +290,97 @@ def test_cli_refuses_bad_boxes(tmp_path, capsys):
                str(tmp_path)])
     assert rc == 2 and "green triangle" in capsys.readouterr().err
     assert not (tmp_path / "image.png").exists()
+
+
+# ----------------------------------------------------------------------------- measured in-box table (shapes world)
+
+def _circle_scene(cx, cy, size=8.0):
+    from reprolib.shapes import world
+
+    return world.render((world.Obj("circle", "red", size, cx, cy), world.Obj("square", "blue", 6.0, 50.0, 50.0)))
+
+
+def test_score_measures_the_object_in_its_box_with_the_ruler():
+    from reprolib.shapes.layout_probe import QUADRANTS, score
+
+    img = _circle_scene(16.0, 16.0)  # red circle centred in the top-left quadrant, blue square bottom-right
+    s = score(img, {"red circle": QUADRANTS["top-left"], "blue square": QUADRANTS["top-left"]})
+    assert s["red circle"] == pytest.approx(1.0) and s["blue square"] == pytest.approx(0.0)
+    half = score(_circle_scene(32.0, 16.0), {"red circle": QUADRANTS["top-left"]})["red circle"]
+    assert 0.4 < half < 0.6  # straddles the quadrant's right edge
+    assert math.isnan(score(img, {"green triangle": (0, 0, 1, 1)})["green triangle"])  # no such object
+
+
+def test_cases_are_checked():
+    from reprolib.shapes.layout_probe import Case
+
+    with pytest.raises(ValueError, match="one colour"):
+        Case("x", "a circle", {"circle": (0, 0, 0.5, 0.5)})
+    with pytest.raises(BoxError, match="not normalised"):
+        Case("x", "a red circle", {"red circle": (0, 0, 2, 0.5)})
+    with pytest.raises(ValueError, match="one box per phrase"):
+        Case("x", "a red circle", {"red circle": [(0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)]})
+
+
+def test_layout_table_summary_counts_found_objects_and_times_per_image():
+    from reprolib.shapes.layout_probe import LayoutTable, Run
+
+    nan = float("nan")
+    runs = [Run("unguided", "c", 0, "red circle", 0.2, 1.0), Run("unguided", "c", 1, "red circle", nan, 3.0),
+            Run("backward", "c", 0, "red circle", 0.9, 4.0), Run("backward", "c", 1, "red circle", 0.7, 8.0)]
+    s = LayoutTable(runs, ["unguided", "backward"], ["c"], [0, 1]).summary()
+    assert s["unguided"]["in_box"] == pytest.approx(0.2) and s["unguided"]["found"] == 0.5
+    assert s["unguided"]["in_box_all"] == pytest.approx(0.1)
+    assert s["backward"]["in_box"] == pytest.approx(0.8) and s["backward"]["found"] == 1.0
+    assert s["backward"]["ratio"] == pytest.approx(6.0 / 2.0)
+
+
+def test_layout_probe_returns_a_table_per_method_case_seed_and_phrase(sd15):
+    from reprolib.shapes.layout_probe import DEFAULT_CASES, layout_probe, methods
+
+    cases = [c for c in DEFAULT_CASES if c.name in ("circle top-left", "pair: both boxed")]
+    configs = {k: v for k, v in methods(eta=50.0, max_iters=1, guidance_steps=1).items()
+               if k in ("unguided", "backward")}
+    table = layout_probe(sd15, cases, seeds=[0, 1], configs=configs, steps=2, warmup=False, keep_images=True)
+    assert table.methods == ["unguided", "backward"] and table.cases == [c.name for c in cases]
+    assert len(table.runs) == 2 * 2 * (1 + 2)  # methods × seeds × boxed phrases over the cases
+    assert len(table.images) == 2 * 2 * 2
+    # the unguided image does not depend on the boxes: one generation per prompt and seed
+    assert table.images[("unguided", cases[0].name, 0)] is not table.images[("backward", cases[0].name, 0)]
+    for r in table.runs:
+        assert r.seconds > 0 and (math.isnan(r.in_box) or 0.0 <= r.in_box <= 1.0)
+    for row in table.summary().values():
+        assert 0.0 <= row["found"] <= 1.0 and row["seconds"] > 0
+    assert "× unguided" in table.format() and "pair: both boxed" in table.format()
+    json.dumps(table.as_dict())
+
+
+def test_benchmark_script_runs_on_a_tiny_pipeline(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_layout", Path(__file__).parents[1] / "benchmarks/layout.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--model", "tiny-sd15", "--seeds", "2", "--steps", "2", "--cases", "top-left,both",
+                      "--max-iters", "1", "--guidance-steps", "1", "--layers", "mid,up.1", "--ae-seeds", "1",
+                      "--ae-no-refine", "--json", str(tmp_path / "layout.json")])
+    text = capsys.readouterr().out
+    for method in ("unguided", "backward", "backward, never reset", "forward", "Attend-and-Excite"):
+        assert method in text
+    saved = json.loads((tmp_path / "layout.json").read_text())
+    assert saved["seeds"] == [0, 1] and set(saved["summary"]) == set(out["summary"])
+    assert len(saved["runs"]) == 4 * 2 * 3
+    assert saved["attend_and_excite"]["ratio"] > 0 and saved["attend_and_excite"]["token_indices"] == [3, 7]
+
+
+def test_batched_guidance_equals_one_image_at_a_time(sd15):
+    """Each image in a batch is guided by its own energy, as if it were generated alone."""
+    from reprolib.generate import generate
+    from reprolib.layout import LayoutConfig
+
+    cfg = LayoutConfig(eta=5.0, guidance_steps=2, max_iters=2)
+    boxes = {"red circle": (0.0, 0.0, 0.5, 0.5)}
+    kw = dict(steps=3, boxes=boxes, layout=cfg, output_type="latent")
+    both = generate(sd15, "a red circle", seed=[1, 2], **kw)
+    for j, s in enumerate((1, 2)):
+        alone = generate(sd15, "a red circle", seed=s, **kw)
+        torch.testing.assert_close(both[j:j + 1], alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(both, generate(sd15, "a red circle", seed=[1, 2], steps=3, output_type="latent"))
