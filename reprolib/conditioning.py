@@ -141,9 +141,9 @@ class TextConditioning:
         if height is None:
             height, width = (s * self.pipe.vae_scale_factor for s in latents.shape[-2:])
         unet = self.pipe.unet
-        ctx = emb.context().to(unet.dtype)
+        dtype = next(unet.parameters()).dtype  # (unet.dtype walks every module: slow in a hot loop)
+        ctx = emb.context().to(dtype)
         added = self.added_cond(emb, height, width)
         if added:
-            added = {k: v.to(unet.dtype) for k, v in added.items()}
-        return unet(latents.to(unet.dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added,
-                    **kwargs).sample
+            added = {k: v.to(dtype) for k, v in added.items()}
+        return unet(latents.to(dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added, **kwargs).sample
