@@ -569,6 +569,36 @@ def heldout_loss(pipe, config, delta: Delta, *, samples: int = 16, seed: int = 1
     return total / samples
 
 
+@torch.no_grad()
+def micro_step(pipe, config, delta: Delta | None = None, *, combo: int = 0, tau: float = 0.6,
+               alpha: float = 3.0, seed: int = 0, target: str = "x0", num_steps: int | None = None,
+               guidance_scale: float | None = None) -> dict:
+    """One micro-step of the objective, laid out for inspection (chapter 03): every tensor it uses.
+
+    Returns the prompt, k (steps sampled), the timestep, x_t, and the x0/ε predictions for the target,
+    positive and negative prompts, the regression goal ``pred_target + α·(pred_pos − pred_neg)``, the
+    prediction with ``α·delta`` on the subject (zero delta if None) and the loss between them.
+    """
+    d_steps, d_cfg = defaults(pipe)
+    p = _Problem(pipe, load_config(config), seed=seed, target=target, num_steps=int(num_steps or d_steps),
+                 guidance_scale=float(d_cfg if guidance_scale is None else guidance_scale), scale_batch_size=1)
+    try:
+        k, i = int(round(tau * p.N)), int(round(tau * (p.N - 1)))
+        c = p.combo(combo)
+        x = p.sample(combo, ("noise", "explain", 0), k)
+        pt, pp, pn = p.predict(x, i, c.emb).chunk(3)
+        vectors = {n: (delta.vectors[n] if delta is not None else torch.zeros(d)).to(p.device)
+                   for n, d in p.cond.dims.items()}
+        a = torch.tensor([float(alpha)])
+        goal = pt + alpha * (pp - pn)
+        pred = p.predict(x, i, p.edited(c, vectors, a))
+        return {"prompt": c.text, "k": k, "timestep": int(p.sched.timesteps[i]), "x_t": x, "target": pt,
+                "positive": pp, "negative": pn, "goal": goal, "edited": pred,
+                "loss": float(F.mse_loss(pred, goal)), "prediction": target}
+    finally:
+        del p.cond.unet  # the counter's wrapper
+
+
 def _load_model(name: str, device: str | None, dtype: str | None):
     if name.startswith("tiny-"):
         from .device import pick_device, pick_dtype
