@@ -18,6 +18,8 @@ from .device import pick_device, pick_dtype  # noqa: E402
 from .generate import generate  # noqa: E402
 from .layout import BoxError, LayoutConfig  # noqa: E402
 from .learn_delta import NonFiniteLoss, RunConflict, heldout_loss, learn_delta  # noqa: E402
+from .layout import BoxError, LayoutConfig  # noqa: E402
+from .learn_delta import NonFiniteLoss, RunConflict, heldout_loss, learn_delta  # noqa: E402
 from .pipelines import KNOWN_MODELS, ModelNotAvailable, describe, load_pipeline, try_load  # noqa: E402
 from .prompts import ConfigError, Pair, PromptConfig, load_config  # noqa: E402
 from .tokens import SpanError, token_span  # noqa: E402
@@ -26,5 +28,5 @@ from .widgets import attribute_slider  # noqa: E402
 __all__ = ["BoxError", "LayoutConfig", "attention_maps", "plot_grid", "plot_overlay", "record_attention",
            "ConfigError", "Delta", "DeltaMismatch", "Embeddings", "KNOWN_MODELS", "ModelNotAvailable", "Pair",
            "PromptConfig", "SpanError", "TextConditioning", "Tokens", "attribute_slider", "contrastive_delta",
-           "describe", "generate", "heldout_loss", "learn_delta", "NonFiniteLoss", "RunConflict", "load_config", "load_pipeline", "pick_device", "pick_dtype", "token_span",
+           "describe", "generate", "heldout_loss", "learn_delta", "NonFiniteLoss", "RunConflict", "heldout_loss", "learn_delta", "NonFiniteLoss", "RunConflict", "load_config", "load_pipeline", "pick_device", "pick_dtype", "token_span",
            "try_load"]

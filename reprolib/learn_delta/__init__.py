@@ -64,11 +64,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .conditioning import Embeddings, TextConditioning
-from .contrastive import subject_span
-from .delta import Delta
-from .generate import defaults
-from .prompts import PromptConfig, load_config
+from ..conditioning import Embeddings, TextConditioning
+from ..contrastive import subject_span
+from ..delta import Delta
+from ..generate import defaults
+from ..prompts import PromptConfig, load_config
 
 SCHEMES = ("cached", "original")
 TARGETS = ("x0", "eps")
@@ -314,7 +314,7 @@ def _settings_of(model: str, cond: TextConditioning, config: PromptConfig, **kw)
 
 
 def _model_name(pipe) -> str:
-    from .pipelines import KNOWN_MODELS, SHAPES_DIR
+    from ..pipelines import KNOWN_MODELS, SHAPES_DIR
 
     name = str(getattr(pipe, "name_or_path", "") or "")
     if name and Path(name).exists() and Path(name).resolve() == SHAPES_DIR.resolve():
@@ -601,13 +601,13 @@ def micro_step(pipe, config, delta: Delta | None = None, *, combo: int = 0, tau:
 
 def _load_model(name: str, device: str | None, dtype: str | None):
     if name.startswith("tiny-"):
-        from .device import pick_device, pick_dtype
-        from .tiny import tiny_pipeline
+        from ..device import pick_device, pick_dtype
+        from ..tiny import tiny_pipeline
 
         dev, dt = pick_device(device), pick_dtype(torch.device("cpu"), dtype)  # tiny: fp32 unless asked
         pipe = tiny_pipeline(name.removeprefix("tiny-")).to(dev)
         return pipe if dt == torch.float32 else pipe.to(dt)
-    from .pipelines import load_pipeline
+    from ..pipelines import load_pipeline
 
     return load_pipeline(name, device=device, dtype=dtype)
 
@@ -658,5 +658,3 @@ def main(argv: list[str] | None = None) -> Delta:
     return delta
 
 
-if __name__ == "__main__":
-    main()

@@ -26,9 +26,9 @@ from typing import Sequence
 
 import torch
 
-from .attention import AttentionStore, _Full, attach, detach, grid_shape, select_layers
-from .conditioning import TextConditioning, Tokens
-from .tokens import SpanError, token_span
+from ..attention import AttentionStore, _Full, attach, detach, grid_shape, select_layers
+from ..conditioning import TextConditioning, Tokens
+from ..tokens import SpanError, token_span
 
 Box = tuple[float, float, float, float]
 
@@ -362,12 +362,12 @@ def parse_box(text: str) -> tuple[str, Box]:
 
 def _load(model: str, device=None, dtype=None):
     if model.startswith("tiny-"):
-        from .tiny import tiny_pipeline
+        from ..tiny import tiny_pipeline
 
         pipe = tiny_pipeline(model[5:])
         pipe.set_progress_bar_config(disable=True)
         return pipe
-    from .pipelines import load_pipeline
+    from ..pipelines import load_pipeline
 
     return load_pipeline(model, device=device, dtype=dtype)
 
@@ -408,8 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .attention import attention_maps, plot_grid, plot_overlay
-    from .pipelines import ModelNotAvailable
+    from ..attention import attention_maps, plot_grid, plot_overlay
+    from ..pipelines import ModelNotAvailable
 
     try:
         boxes: dict[str, list[Box]] = {}
@@ -458,5 +458,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Command line: python -m reprolib.learn_delta --help"""
+from . import main
+
+main()
