@@ -68,13 +68,18 @@ def default_layers(unet) -> list[str]:
     * SDXL (128×128 latents): mid + ``up_blocks.0``, both 32×32 (10 transformer layers per
       attention). SDXL has no 8×8/16×16 cross-attention; these are its lowest-resolution maps, the
       same place in the network, and its first cross-attention up block, as for SD.
-    * Shapes world (16×16 latents): mid (4×4) + ``up_blocks.1`` (8×8). 4×4 is coarse for boxes: pass
-      ``layers=[8]`` or ``[8, 16]`` to select by resolution instead.
+    * A mid block whose maps are smaller than 8×8 cannot tell a quadrant from its neighbour; then every
+      layer at the first up block's resolution is used instead. Shapes world (16×16 latents): mid is 4×4,
+      so its three 8×8 layers (``down_blocks.1``, ``up_blocks.1`` ×2), where its nouns localise best
+      (MODEL_CARD.md) and where ``benchmarks/layout.py`` measured the guidance.
     """
     layers = cross_attention_layers(unet)
     mid = [n for n, _ in layers if n.startswith("mid_block.")]
     ups = sorted({int(n.split(".")[1]) for n, _ in layers if n.startswith("up_blocks.")})
     first_up = [n for n, _ in layers if ups and n.startswith(f"up_blocks.{ups[0]}.")]
+    side = dict(layers)
+    if mid and side[mid[0]] < 8 and first_up:
+        return [n for n, r in layers if r == side[first_up[0]]]
     return mid + first_up
 
 
