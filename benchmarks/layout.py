@@ -25,15 +25,10 @@ from reprolib.shapes.layout_probe import DEFAULT_CASES, PAIR, layout_probe, meth
 
 
 def load(model: str):
-    """``tiny-sd15`` etc.: a random tiny pipeline (seconds, for checking the script); else ``load_pipeline``."""
-    if model.startswith("tiny-"):
-        from reprolib.tiny import tiny_pipeline
+    """The pipeline (``tiny-sd15`` etc. give random tiny ones: seconds, for checking the script)."""
+    from reprolib.pipelines import load_pipeline
 
-        pipe = tiny_pipeline(model.removeprefix("tiny-"))
-    else:
-        from reprolib.pipelines import load_pipeline
-
-        pipe = load_pipeline(model)
+    pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

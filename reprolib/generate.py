@@ -6,7 +6,9 @@ and no hooks it reproduces ``pipe(...)`` exactly for the same initial latents.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,6 +18,24 @@ from .conditioning import Embeddings, TextConditioning
 from .tokens import token_span
 
 Edit = tuple  # (Delta, pattern, alpha)
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A sampling loop stopped before step ``step``: its latents and its scheduler (a private copy).
+
+    Made by ``generate(..., until=k)`` and continued by ``generate(..., resume=partial)``. Every α of
+    an edit with ``delay`` shares the unedited first steps, so a slider computes them once.
+    """
+
+    step: int
+    steps: int
+    latents: torch.Tensor
+    scheduler: object  # multistep schedulers carry history between steps: keep it with the latents
+
+    def continued(self):
+        """A fresh copy of the scheduler, so one Partial can be resumed many times."""
+        return copy.deepcopy(self.scheduler)
 
 
 def defaults(pipe) -> tuple[int, float]:
@@ -71,7 +91,8 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
              guidance_scale: float | None = None, negative_prompt: str | None = None,
              edits: Iterable[Edit] = (), delay: float = 0.2, boxes: dict | None = None, layout=None,
              hooks: Sequence = (), height: int | None = None, width: int | None = None,
-             latents: torch.Tensor | None = None, output_type: str = "pil"):
+             latents: torch.Tensor | None = None, output_type: str = "pil", until: int | None = None,
+             resume: Partial | None = None):
     """Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
     ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).
@@ -79,6 +100,10 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
     ``layout`` is a :class:`reprolib.layout.LayoutConfig` for them. ``hooks`` are objects with
     ``before_step(i, t, latents, cond) -> latents`` (and optionally context-manager methods).
     Returns one image for one prompt and seed, else a list (``output_type`` as diffusers').
+
+    ``until=k`` stops before step ``k`` and returns a :class:`Partial`; ``resume=partial`` runs the
+    remaining steps from it (same prompts, seeds and steps as the call that made it): the result is
+    identical to one uninterrupted call.
     """
     single = isinstance(prompt, str) and isinstance(seed, int)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -107,15 +132,31 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
 
         hooks.append(BackwardGuidance(cond, plain.tokens, boxes, layout, height=height, width=width))
 
-    sched = pipe.scheduler
-    sched.set_timesteps(steps, device=cond.device)
-    x = initial_latents(pipe, seeds, height, width) if latents is None else latents.to(cond.device, pipe.unet.dtype)
+    if until is not None and not 0 <= until <= steps:
+        raise ValueError(f"until is a step index between 0 and steps={steps}; got {until}")
+    if resume is not None:
+        if resume.steps != steps or len(resume.latents) != len(prompts):
+            raise ValueError(f"this Partial was made for {resume.steps} steps and {len(resume.latents)} images; "
+                             f"this call has {steps} steps and {len(prompts)} images: resume with the same ones")
+        if latents is not None:
+            raise ValueError("give latents or resume, not both: a Partial carries its own latents")
+        sched, x, start = resume.continued(), resume.latents.clone(), resume.step
+    else:
+        sched, start = pipe.scheduler, 0
+        sched.set_timesteps(steps, device=cond.device)
+        x = (initial_latents(pipe, seeds, height, width) if latents is None
+             else latents.to(cond.device, pipe.unet.dtype))
+    stop = steps if until is None else until
     first_edited = round(delay * steps)
     with ExitStack() as stack:
         for h in hooks:
             if hasattr(h, "__enter__"):
                 stack.enter_context(h)
         for i, t in enumerate(sched.timesteps):
+            if i < start:
+                continue
+            if i >= stop:
+                return Partial(step=i, steps=steps, latents=x, scheduler=copy.deepcopy(sched))
             c = edited if i >= first_edited else plain
             for h in hooks:
                 x = h.before_step(i, t, x, c)
@@ -125,6 +166,8 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
                 eps_u, eps_c = cond.unet(inp, t, both, height, width).chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
                 x = sched.step(eps, t, x, return_dict=False)[0]
+    if until is not None:
+        return Partial(step=steps, steps=steps, latents=x, scheduler=copy.deepcopy(sched))
     if output_type == "latent":
         return x
     images = decode(pipe, x, output_type)

@@ -6,6 +6,9 @@
 | `sd15`   | Stable Diffusion 1.5         | `stable-diffusion-v1-5/stable-diffusion-v1-5`  |
 | `sd21`   | Stable Diffusion 2.1 (768)   | `stabilityai/stable-diffusion-2-1`             |
 | `sdxl`   | Stable Diffusion XL base 1.0 | `stabilityai/stable-diffusion-xl-base-1.0`     |
+
+`tiny-sd15`, `tiny-sd21` and `tiny-sdxl` are random tiny pipelines built from config
+(:mod:`reprolib.tiny`): they make no pictures worth seeing, but check a script end to end offline.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ KNOWN_MODELS = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
+TINY_MODELS = ("tiny-sd15", "tiny-sd21", "tiny-sdxl")
 
 
 class ModelNotAvailable(RuntimeError):
@@ -64,11 +68,19 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
                   dtype: str | torch.dtype | None = None, **kwargs):
     """A ready diffusers pipeline on the chosen device/dtype, progress bars off under CI.
 
-    ``model``: ``"shapes"`` (embedded), ``"sd15"``, ``"sd21"``, ``"sdxl"``, another hub id, or a local
-    pipeline folder. Extra keyword arguments go to ``from_pretrained``.
+    ``model``: ``"shapes"`` (embedded), ``"sd15"``, ``"sd21"``, ``"sdxl"``, another hub id, a local
+    pipeline folder, or ``"tiny-sd15"`` / ``"tiny-sd21"`` / ``"tiny-sdxl"`` (random, offline, for
+    checking scripts). Extra keyword arguments go to ``from_pretrained``.
     """
     quiet()
     dev = pick_device(device)
+    if str(model) in TINY_MODELS:
+        from .tiny import tiny_pipeline
+
+        # random weights are built in fp32; another dtype only when asked for
+        pipe = tiny_pipeline(str(model).removeprefix("tiny-")).to(dev, pick_dtype(torch.device("cpu"), dtype))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     dt = pick_dtype(dev, dtype)
     src = resolve(model)
     local = Path(src)

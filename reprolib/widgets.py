@@ -4,7 +4,8 @@
     reprolib.attribute_slider(pipe, "a red circle and a blue square", [(size, "circle", "size")])
 
 Every frame is cached by its tuple of α values (least recently used dropped first), so scrubbing
-back to a value seen before is instant. :meth:`AttributeSlider.render` is a plain function of the
+back to a value seen before is instant. The first ``delay`` steps run the unedited prompt and are
+the same for every α: they are computed once and each new frame starts after them. :meth:`AttributeSlider.render` is a plain function of the
 alphas, so it can be called and tested without a browser.
 """
 from __future__ import annotations
@@ -62,11 +63,12 @@ class AttributeSlider:
 
     ``values``: (min, max, step) of every slider. ``generate_kwargs`` go to :func:`reprolib.generate`
     (steps, guidance_scale, delay, height, ...); the seed stays fixed so only α changes the image.
+    ``share_prefix=False`` recomputes the unedited first steps for every frame (same images, slower).
     """
 
     def __init__(self, pipe, prompt: str, attributes, *, seed: int = 0,
                  values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
-                 **generate_kwargs):
+                 share_prefix: bool = True, **generate_kwargs):
         self.pipe, self.prompt, self.seed = pipe, prompt, seed
         self.attributes = _attributes(attributes)
         lo, hi, step = values
@@ -74,6 +76,7 @@ class AttributeSlider:
             raise ValueError(f"values is (min, max, step) with min < max and step > 0; got {values}")
         self.values = (float(lo), float(hi), float(step))
         self.generate_kwargs = generate_kwargs
+        self.share_prefix = share_prefix
         # fail now, not at the first slider move: wrong model, or a word missing from the prompt
         cond = TextConditioning(pipe)
         toks = cond.tokenize(prompt)
@@ -83,6 +86,7 @@ class AttributeSlider:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[float, ...], object] = OrderedDict()
         self._hits = self._misses = 0
+        self._prefix = None  # the shared unedited first steps (a reprolib.generate.Partial)
         self._widget = None
 
     # --- the pure part ------------------------------------------------------------------------------
@@ -104,17 +108,33 @@ class AttributeSlider:
             return self._cache[key]
         self._misses += 1
         edits = [(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
-        image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, **self.generate_kwargs)
+        image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(),
+                         **self.generate_kwargs)
         self._cache[key] = image
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return image
+
+    def prefix(self):
+        """The steps before the edits start (``delay``), run once with no edits; None when there are none."""
+        from .generate import defaults, generate
+
+        if self._prefix is None and self.share_prefix:
+            kw = dict(self.generate_kwargs)
+            steps = kw.get("steps") or defaults(self.pipe)[0]
+            first_edited = round(kw.pop("delay", 0.2) * steps)
+            if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
+                return None  # nothing shared, or guidance hooks that must see every step themselves
+            kw["steps"] = steps
+            self._prefix = generate(self.pipe, self.prompt, seed=self.seed, until=first_edited, **kw)
+        return self._prefix
 
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
 
     def cache_clear(self) -> None:
         self._cache.clear()
+        self._prefix = None
         self._hits = self._misses = 0
 
     # --- the widget ---------------------------------------------------------------------------------
@@ -157,7 +177,7 @@ class AttributeSlider:
 
 def attribute_slider(pipe, prompt: str, attributes, *, seed: int = 0,
                      values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
-                     **generate_kwargs) -> AttributeSlider:
+                     share_prefix: bool = True, **generate_kwargs) -> AttributeSlider:
     """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook."""
     return AttributeSlider(pipe, prompt, attributes, seed=seed, values=values, cache_size=cache_size,
-                           **generate_kwargs)
+                           share_prefix=share_prefix, **generate_kwargs)

@@ -35,6 +35,13 @@ def test_known_models_resolve():
     assert resolve("someone/some-model") == "someone/some-model"
 
 
+def test_tiny_names_load_random_pipelines():
+    """The scripts' offline check models come through the one loader, fp32 unless asked."""
+    pipe = load_pipeline("tiny-sdxl", device="cpu")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and pipe.unet.dtype == torch.float32
+    assert load_pipeline("tiny-sd21", device="cpu", dtype="bf16").unet.dtype == torch.bfloat16
+
+
 def test_folder_that_is_not_a_pipeline(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ModelNotAvailable, match="not a diffusers pipeline"):
@@ -172,3 +179,28 @@ def test_shapes_model_loads_if_built(shapes_pipe):
     assert type(shapes_pipe).__name__ == "StableDiffusionPipeline"
     card = json.loads((Path(reprolib.pipelines.SHAPES_DIR) / "training.json").read_text())
     assert card["unet_steps_done"] > 0
+
+
+@pytest.mark.parametrize("scheduler", ["DDIMScheduler", "DPMSolverMultistepScheduler"])
+def test_stop_and_resume_equals_one_call(sd15, scheduler):
+    """generate(until=k) then generate(resume=...) gives the uninterrupted image, even for a
+    multistep scheduler whose history must travel with the latents; one Partial resumes many times."""
+    import diffusers
+
+    from reprolib.contrastive import contrastive_delta
+    from reprolib.generate import Partial
+
+    sd15.scheduler = getattr(diffusers, scheduler).from_config(sd15.scheduler.config)
+    edits = [(contrastive_delta(sd15, "shapes/size"), "circle", 3.0)]
+    kw = dict(seed=4, steps=5, delay=0.4, output_type="np")
+    whole = generate(sd15, "a red circle", edits=edits, **kw)
+    part = generate(sd15, "a red circle", until=2, **kw)  # the unedited first 40%
+    assert isinstance(part, Partial) and part.step == 2
+    for _ in range(2):
+        np.testing.assert_array_equal(generate(sd15, "a red circle", edits=edits, resume=part, **kw), whole)
+    plain = generate(sd15, "a red circle", **kw)
+    np.testing.assert_array_equal(generate(sd15, "a red circle", resume=part, **kw), plain)
+    with pytest.raises(ValueError, match="same ones"):
+        generate(sd15, "a red circle", resume=part, seed=4, steps=6)
+    with pytest.raises(ValueError, match="until"):
+        generate(sd15, "a red circle", until=9, seed=4, steps=5)

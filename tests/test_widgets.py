@@ -72,3 +72,22 @@ def test_bad_spec_fails_before_any_render(sd15, sdxl, deltas):
     with pytest.raises(ValueError, match="min < max"):
         slider(sd15, (deltas[0], "circle"), values=(1.0, -1.0, 0.5))
     assert isinstance(slider(sd15, (deltas[0], "circle")), AttributeSlider)  # one bare tuple is fine
+
+
+def test_frames_share_the_unedited_first_steps(sd15, deltas):
+    """With delay, the first steps run once for all frames, and every frame equals plain generate()."""
+    from reprolib.generate import generate
+
+    calls = []
+    handle = sd15.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        s = attribute_slider(sd15, PROMPT, [(deltas[0], "circle", "size")], seed=1, steps=5, delay=0.4)
+        first = s.render(2.0)
+        assert len(calls) == 5  # 2 shared + 3 edited
+        second = s.render(-2.0)
+        assert len(calls) == 8  # only the 3 edited steps
+    finally:
+        handle.remove()
+    for alpha, frame in ((2.0, first), (-2.0, second)):
+        ref = generate(sd15, PROMPT, seed=1, steps=5, delay=0.4, edits=[(deltas[0], "circle", alpha)])
+        np.testing.assert_array_equal(np.asarray(frame), np.asarray(ref))

@@ -360,18 +360,6 @@ def parse_box(text: str) -> tuple[str, Box]:
     return phrase.strip(), box
 
 
-def _load(model: str, device=None, dtype=None):
-    if model.startswith("tiny-"):
-        from ..tiny import tiny_pipeline
-
-        pipe = tiny_pipeline(model[5:])
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-    from ..pipelines import load_pipeline
-
-    return load_pipeline(model, device=device, dtype=dtype)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "phrase"
 
@@ -409,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from ..attention import attention_maps, plot_grid, plot_overlay
-    from ..pipelines import ModelNotAvailable
+    from ..pipelines import ModelNotAvailable, load_pipeline
 
     try:
         boxes: dict[str, list[Box]] = {}
@@ -422,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               guidance_steps=args.guidance_steps, layers=layers, reset_each_step=not args.no_reset,
                               mode=args.mode, forward_strength=args.strength,
                               gradient_checkpointing=args.checkpointing)
-        pipe = _load(args.model, args.device, args.dtype)
+        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
         cond = TextConditioning(pipe)
         height, width = cond.default_size()
         tokens = cond.tokenize(args.prompt)

@@ -599,19 +599,6 @@ def micro_step(pipe, config, delta: Delta | None = None, *, combo: int = 0, tau:
         del p.cond.unet  # the counter's wrapper
 
 
-def _load_model(name: str, device: str | None, dtype: str | None):
-    if name.startswith("tiny-"):
-        from ..device import pick_device, pick_dtype
-        from ..tiny import tiny_pipeline
-
-        dev, dt = pick_device(device), pick_dtype(torch.device("cpu"), dtype)  # tiny: fp32 unless asked
-        pipe = tiny_pipeline(name.removeprefix("tiny-")).to(dev)
-        return pipe if dt == torch.float32 else pipe.to(dt)
-    from ..pipelines import load_pipeline
-
-    return load_pipeline(name, device=device, dtype=dtype)
-
-
 def main(argv: list[str] | None = None) -> Delta:
     ap = argparse.ArgumentParser(prog="python -m reprolib.learn_delta",
                                  description="Learn an attribute delta by Baumann et al.'s optimization.")
@@ -642,7 +629,9 @@ def main(argv: list[str] | None = None) -> Delta:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the UNet (default: on for CUDA, off elsewhere)")
     a = ap.parse_args(argv)
-    pipe = _load_model(a.model, a.device, a.dtype)
+    from ..pipelines import load_pipeline
+
+    pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
     compile_ = a.compile if a.compile is not None else pipe.unet.device.type == "cuda"
     t0 = time.perf_counter()
     delta = learn_delta(pipe, a.prompts, max_steps=a.max_steps, init=a.init, out_dir=a.out, scheme=a.scheme,

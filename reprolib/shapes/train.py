@@ -2,6 +2,7 @@
 
     python -m reprolib.shapes.train --out runs/shapes                 # train (resumes if interrupted)
     python -m reprolib.shapes.train --out runs/shapes --unet-steps 12000   # continue a finished run
+    python -m reprolib.shapes.train --out runs/shapes --unet-steps 11000 --decay-from 5000  # anneal the LR
     python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights
 
 Every batch is drawn from a generator seeded by (seed, stage, step), so a resumed run sees the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -109,8 +111,20 @@ def encode_all(out: Path, vae, images: torch.Tensor) -> tuple[torch.Tensor, floa
     return d, d["scaling_factor"]
 
 
+def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_final: float) -> float:
+    """Constant ``lr``, then (from step ``decay_from``) a cosine down to ``lr_final`` at the last step.
+
+    A function of the step alone, so a resumed run follows the same schedule as one that never stopped.
+    """
+    if decay_from is None or step < decay_from or steps <= decay_from:
+        return lr
+    progress = (step - decay_from) / (steps - decay_from)
+    return lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: int, seed: int,
-               batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.999):
+               batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.999, decay_from: int | None = None,
+               lr_final: float = 5e-5):
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
     unet, text = build_unet(), build_text_encoder(tokenizer)
@@ -140,6 +154,8 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         xt = sched.add_noise(x0, noise, t)
         cond = text(ids[idx])[0]
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final)
         loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,7 +169,8 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            history.append({"step": step + 1, "loss": running, "seconds": time.time() - t0})
+            history.append({"step": step + 1, "loss": running, "seconds": time.time() - t0,
+                            "lr": opt.param_groups[0]["lr"]})
             _save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                           "ema": ema, "step": step + 1, "history": history}, ckpt)
     return unet, text, ema, history
@@ -183,6 +200,9 @@ def main(argv=None) -> None:
     p.add_argument("--vae-steps", type=int, default=2000)
     p.add_argument("--unet-steps", type=int, default=8000)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--decay-from", type=int, default=None,
+                   help="constant LR until this UNet step, then a cosine down to --lr-final at --unet-steps")
+    p.add_argument("--lr-final", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
@@ -194,8 +214,13 @@ def main(argv=None) -> None:
         print(f"exported to {export(a.out, a.export)}")
         return
     args = sys.argv[1:] if argv is None else argv
-    run = {"command": "python -m reprolib.shapes.train " + " ".join(args), "scenes": a.scenes,
-           "vae_steps": a.vae_steps, "unet_steps": a.unet_steps, "batch": a.batch, "seed": a.seed}
+    command = "python -m reprolib.shapes.train " + " ".join(args)
+    # a run resumed or extended several times keeps every command that built it, oldest first
+    past = json.loads((a.out / "run.json").read_text()) if (a.out / "run.json").exists() else {}
+    commands = past.get("commands", [past["command"]] if "command" in past else [])
+    run = {"command": command, "commands": commands + [command], "scenes": a.scenes, "vae_steps": a.vae_steps,
+           "unet_steps": a.unet_steps, "batch": a.batch, "seed": a.seed, "decay_from": a.decay_from,
+           "lr_final": a.lr_final}
     (a.out / "run.json").write_text(json.dumps(run, indent=1))
     tok_dir = a.out / "tokenizer"
     # a resumed run keeps the tokenizer its text encoder was trained with
@@ -204,7 +229,8 @@ def main(argv=None) -> None:
     vae = train_vae(a.out, images, a.vae_steps, a.seed)
     latents, sf = encode_all(a.out, vae, images)
     print(f"latent scaling factor {sf:.4f}")
-    _, _, _, history = train_unet(a.out, latents, captions, tokenizer, a.unet_steps, a.seed, batch=a.batch)
+    _, _, _, history = train_unet(a.out, latents, captions, tokenizer, a.unet_steps, a.seed, batch=a.batch,
+                                  decay_from=a.decay_from, lr_final=a.lr_final)
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
 
