@@ -102,15 +102,27 @@ def test_training_command_smoke_and_resume(tmp_path):
     train.main(["--out", str(out), "--export", str(tmp_path / "pipe")])
     card = json.loads((tmp_path / "pipe" / "training.json").read_text())
     assert card["unet_steps_done"] == 3
+    assert len(card["commands"]) == 2 and card["commands"][-1].endswith("--unet-steps 3")  # resumed: both kept
     pipe = load_pipeline(tmp_path / "pipe", device="cpu")
     img = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert img.shape == (64, 64, 3)
 
 
+def test_learning_rate_schedule():
+    from reprolib.shapes.train import learning_rate
+
+    lrs = [learning_rate(s, 100, 1e-3, 40, 1e-5) for s in range(100)]
+    assert lrs[:41] == [1e-3] * 41  # constant until the decay starts
+    assert all(a > b for a, b in zip(lrs[40:], lrs[41:]))  # then strictly down
+    assert abs(lrs[70] - (1e-5 + (1e-3 - 1e-5) / 2)) < 1e-12  # half-way: the mean of the two
+    assert learning_rate(100, 100, 1e-3, 40, 1e-5) == 1e-5
+    assert learning_rate(99, 100, 1e-3, None, 1e-5) == 1e-3  # no decay asked for
+
+
 def test_resumed_training_equals_uninterrupted(tmp_path):
     from reprolib.shapes import train
 
-    base = ["--scenes", "64", "--vae-steps", "2", "--batch", "4"]
+    base = ["--scenes", "64", "--vae-steps", "2", "--batch", "4", "--decay-from", "1"]
     train.main(["--out", str(tmp_path / "a")] + base + ["--unet-steps", "3"])
     train.main(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "1"])
     train.main(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "3"])

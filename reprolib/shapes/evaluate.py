@@ -99,7 +99,8 @@ def write_card(out: dict, args) -> str:
         "UNet2DConditionModel with cross-attention at 16×16, 8×8 and 4×4, CLIPTextModel trained from scratch, "
         "a word-level CLIPTokenizer, DDIMScheduler with SD's scaled-linear betas), trained on CPU by reprolib.", "",
         "## Training", "",
-        f"- command: `{train['command']}`",
+        *(["- commands (the run was resumed; in order):", *[f"  - `{c}`" for c in train["commands"]]]
+          if len(train.get("commands", [])) > 1 else [f"- command: `{train['command']}`"]),
         f"- VAE steps: {train['vae_steps']}, UNet + text-encoder steps done: {train['unet_steps_done']} "
         f"(batch {train['batch']}, seed {train['seed']}, {train['scenes']} scenes); EMA weights shipped",
         f"- final smoothed training loss: {train['final_loss']:.4f}" if train.get("final_loss") else "",
