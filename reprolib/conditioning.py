@@ -87,6 +87,19 @@ class TextConditioning:
     def tokenizer(self):
         return next(iter(self.encoders.values()))[0]
 
+    def fingerprint(self, n: int = 8) -> dict[str, list[float]]:
+        """A few fixed entries of each encoder's token-embedding table (4 significant digits).
+
+        Two trainings of the same architecture share dims but not these values; fp16/bf16 copies of
+        one model agree to within rounding. Deltas store it to refuse weights they were not made for.
+        """
+        out = {}
+        for name, (_, enc) in self.encoders.items():
+            w = enc.get_input_embeddings().weight.detach().reshape(-1)
+            idx = torch.linspace(0, w.numel() - 1, n).long().to(w.device)
+            out[name] = [float(f"{v:.4g}") for v in w[idx].float().cpu().tolist()]
+        return out
+
     @property
     def device(self) -> torch.device:
         return self.pipe.unet.device

@@ -58,4 +58,4 @@ def contrastive_delta(pipe, config, *, batch_size: int = 64) -> Delta:
     n = len(cfg.combinations())
     return Delta({k: (v / n).float() for k, v in sums.items()},
                  {"family": cond.family, "model": str(getattr(pipe, "name_or_path", "") or ""), "tag": cfg.tag,
-                  "method": "contrastive", "n_pairs": n, "dims": cond.dims})
+                  "method": "contrastive", "n_pairs": n, "dims": cond.dims, "fingerprint": cond.fingerprint()})

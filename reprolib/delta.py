@@ -56,14 +56,29 @@ class Delta:
         return self + (-other)
 
     def check(self, cond) -> None:
-        """Raise :class:`DeltaMismatch` unless this delta fits ``cond`` (a ``TextConditioning``)."""
+        """Raise :class:`DeltaMismatch` unless this delta fits ``cond`` (a ``TextConditioning``).
+
+        Dims must agree; when the delta records its encoders' fingerprint (reprolib deltas do, the
+        original ``.pt`` files do not), the weights must be the ones it was made with, too.
+        """
         dims = cond.dims
         mine = {k: v.numel() for k, v in self.vectors.items()}
+        made = self.meta.get("model") or self.meta.get("family") or "another model"
+        remake = "Use a delta made for this model, or make one with reprolib.contrastive_delta / learn_delta."
         if mine != dims:
-            made = self.meta.get("model") or self.meta.get("family") or "another model"
             raise DeltaMismatch(
                 f"this delta has encoders {mine} (made for {made}) but the pipeline's text encoders are {dims}. "
-                "Use a delta made for this model, or make one with reprolib.contrastive_delta / learn_delta.")
+                + remake)
+        theirs = self.meta.get("fingerprint")
+        if isinstance(theirs, dict):
+            ours = cond.fingerprint()
+            for name, values in theirs.items():
+                a, b = torch.tensor(values), torch.tensor(ours.get(name, [float("nan")] * len(values)))
+                if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=1e-3):
+                    raise DeltaMismatch(
+                        f"this delta was made with other '{name}' text-encoder weights ({made}) than this "
+                        "pipeline's: same sizes, different training, so its direction means something else "
+                        "here. " + remake)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -50,6 +50,23 @@ def test_check_names_both_sides(sd15, sdxl):
         random_delta(TextConditioning(sdxl).dims).check(cond)
 
 
+def test_delta_remembers_the_weights_it_was_made_with(sd15, tmp_path):
+    """Same dims but another training (e.g. a retrained shapes model) is refused; a bf16 copy is not."""
+    from reprolib.contrastive import contrastive_delta
+
+    delta = Delta.load(contrastive_delta(sd15, "shapes/size").save(tmp_path / "size.safetensors"))
+    cond = TextConditioning(sd15)
+    delta.check(cond)
+    sd15.text_encoder.to(torch.bfloat16)
+    delta.check(TextConditioning(sd15))  # the same weights, rounded
+    sd15.text_encoder.to(torch.float32)
+    with torch.no_grad():
+        sd15.text_encoder.get_input_embeddings().weight.mul_(1.5)  # "retrained"
+    with pytest.raises(DeltaMismatch, match="other 'clip' text-encoder weights"):
+        delta.check(TextConditioning(sd15))
+    Delta(delta.vectors, {}).check(TextConditioning(sd15))  # no fingerprint recorded (original .pt): dims only
+
+
 def test_corrupt_files_are_refused(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)

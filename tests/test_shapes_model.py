@@ -31,3 +31,21 @@ def test_generated_objects_are_measurable(shapes_pipe):
     img = generate(shapes_pipe, "a big yellow square", seed=0)
     found = measure.find(measure.measure(np.asarray(img)), colour="yellow")
     assert found is not None and found.shape == "square"
+
+
+def test_presence_counts_what_the_ruler_finds(shapes_pipe):
+    from reprolib.shapes import probes
+
+    assert probes.presence(shapes_pipe, "a big red circle", [], ("red", "circle"), seeds=range(4)) == 1.0
+    assert probes.presence(shapes_pipe, "a big red circle", [], ("blue", "square"), seeds=range(4)) == 0.0
+
+
+def test_shipped_learned_delta_fits_the_shipped_model(shapes_pipe):
+    """The learned size delta in the package was made with these very weights (fingerprint checked)."""
+    from pathlib import Path
+
+    from reprolib import Delta, TextConditioning
+
+    d = Delta.load(Path(__file__).resolve().parents[1] / "reprolib/shapes/deltas/size_learned.safetensors")
+    assert d.meta["method"] == "learned" and "fingerprint" in d.meta
+    d.check(TextConditioning(shapes_pipe))

@@ -449,7 +449,7 @@ def learn_delta(pipe, config, *, max_steps: int = 1000, init: Delta | str | Path
                 "grad_accum_steps": grad_accum_steps, "scale_batch_size": scale_batch_size, "lr": lr,
                 "cosine": cosine, "seed": seed, "num_steps": num_steps, "guidance_scale": guidance_scale,
                 "unet_evals": {**counter.counts(), "micro_steps": len(history) * grad_accum_steps},
-                "loss_history": [h["loss"] for h in history]}
+                "loss_history": [h["loss"] for h in history], "fingerprint": cond.fingerprint()}
         d = Delta({k: v.detach() for k, v in params.items()}, meta)
         d.history = history
         return d

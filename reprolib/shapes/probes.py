@@ -83,3 +83,13 @@ def size_sweep(pipe, delta, prompt: str, word: str, target: tuple[str, str], oth
                 g = measure.find(found, colour=other[0])
                 oth[i, j] = g.area if g else np.nan
     return Sweep(alphas, seeds, tgt, oth, images)
+
+
+def presence(pipe, prompt: str, edits, obj: tuple[str, str], seeds=range(8), **generate_kwargs) -> float:
+    """Fraction of ``seeds`` whose image (with ``edits``) holds an object of ``obj`` = (colour, shape)."""
+    from ..generate import generate
+
+    images = generate(pipe, prompt, seed=list(seeds), edits=edits, **generate_kwargs)
+    hits = [any(f.colour == obj[0] and f.shape == obj[1] for f in measure.measure(np.asarray(im)))
+            for im in images]
+    return float(np.mean(hits))
