@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 from reprolib.conditioning import TextConditioning  # noqa: E402
 from reprolib.generate import defaults  # noqa: E402
-from reprolib.learn_delta import _load_model, _Problem, heldout_loss, learn_delta  # noqa: E402
+from reprolib.learn_delta import _Problem, heldout_loss, learn_delta  # noqa: E402
+from reprolib.pipelines import load_pipeline  # noqa: E402
 from reprolib.prompts import load_config  # noqa: E402
 
 
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--height", type=int), ap.add_argument("--width", type=int)
     a = ap.parse_args(argv)
 
-    pipe = _load_model(a.model, a.device, a.dtype)
+    pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
     n_steps, cfg = defaults(pipe)
     n_steps, cfg = a.num_steps or n_steps, cfg if a.guidance_scale is None else a.guidance_scale
     common = dict(grad_accum_steps=a.grad_accum, scale_batch_size=a.scale_batch_size, num_steps=n_steps,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -33,3 +34,19 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     if device.type == "mps":
         return torch.float16
     return torch.float32
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads (None: leave torch's setting), then restore it.
+
+    For a model as small as the shapes world, more threads barely help a batch of one (the work per
+    op is small); one thread leaves the other cores free. ``benchmarks/deltas.py --slider-only`` compares.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

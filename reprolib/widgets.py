@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .conditioning import TextConditioning
 from .delta import Delta
+from .device import cpu_threads
 from .tokens import token_span
 
 
@@ -64,12 +65,13 @@ class AttributeSlider:
     ``values``: (min, max, step) of every slider. ``generate_kwargs`` go to :func:`reprolib.generate`
     (steps, guidance_scale, delay, height, ...); the seed stays fixed so only α changes the image.
     ``share_prefix=False`` recomputes the unedited first steps for every frame (same images, slower).
+    ``threads``: torch CPU threads while rendering (None: torch's setting).
     """
 
     def __init__(self, pipe, prompt: str, attributes, *, seed: int = 0,
                  values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
-                 share_prefix: bool = True, **generate_kwargs):
-        self.pipe, self.prompt, self.seed = pipe, prompt, seed
+                 share_prefix: bool = True, threads: int | None = None, **generate_kwargs):
+        self.pipe, self.prompt, self.seed, self.threads = pipe, prompt, seed, threads
         self.attributes = _attributes(attributes)
         lo, hi, step = values
         if not (lo < hi and step > 0):
@@ -108,8 +110,9 @@ class AttributeSlider:
             return self._cache[key]
         self._misses += 1
         edits = [(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
-        image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(),
-                         **self.generate_kwargs)
+        with cpu_threads(self.threads):
+            image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(),
+                             **self.generate_kwargs)
         self._cache[key] = image
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -126,7 +129,8 @@ class AttributeSlider:
             if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
                 return None  # nothing shared, or guidance hooks that must see every step themselves
             kw["steps"] = steps
-            self._prefix = generate(self.pipe, self.prompt, seed=self.seed, until=first_edited, **kw)
+            with cpu_threads(self.threads):
+                self._prefix = generate(self.pipe, self.prompt, seed=self.seed, until=first_edited, **kw)
         return self._prefix
 
     def cache_info(self) -> CacheInfo:
@@ -177,7 +181,7 @@ class AttributeSlider:
 
 def attribute_slider(pipe, prompt: str, attributes, *, seed: int = 0,
                      values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
-                     share_prefix: bool = True, **generate_kwargs) -> AttributeSlider:
+                     share_prefix: bool = True, threads: int | None = None, **generate_kwargs) -> AttributeSlider:
     """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook."""
     return AttributeSlider(pipe, prompt, attributes, seed=seed, values=values, cache_size=cache_size,
-                           share_prefix=share_prefix, **generate_kwargs)
+                           share_prefix=share_prefix, threads=threads, **generate_kwargs)

@@ -1,5 +1,6 @@
 """learn_delta: the original objective (sampling, targets, counts), the cached scheme, resume, errors, CLI."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,3 +209,19 @@ def test_cli_on_tiny_sd15(tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["settings"]["cosine"] is True and cfg["settings"]["num_steps"] == 4 and cfg["max_steps"] == 2
     assert "UNet rows per micro-step" in capsys.readouterr().out
+
+
+def test_cost_benchmark_script_runs_on_a_tiny_pipeline(capsys):
+    """benchmarks/learn_delta_cost.py end to end on a random tiny SD 1.5 (the script itself, not its figures)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks/learn_delta_cost.py"
+    spec = importlib.util.spec_from_file_location("bench_cost", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--model", "tiny-sd15", "--prompts", "shapes/size", "--steps", "2", "--grad-accum", "2",
+                      "--scale-batch-size", "2", "--num-steps", "4", "--heldout", "2", "--project", "3",
+                      "--height", "32", "--width", "32"])
+    assert set(res) == {"original", "cached", "projected"}
+    assert res["original"]["rows"] > 0 and res["cached"]["rows"] > 0
+    assert "fewer rows" in capsys.readouterr().out

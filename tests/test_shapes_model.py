@@ -17,12 +17,13 @@ def test_loads_fast(shapes_pipe):
 def test_faithfulness_on_a_fixed_sample(shapes_pipe):
     """A small fixed sample of the evaluation (the full 200-caption figures are in the model card).
 
-    Colour, shape and size words are held near their bars (0.95 / 0.90 / 0.90 on 200 captions); object
-    count is not at its 0.90 bar yet (0.77 on 200 captions at 5,000 steps): this guards against regression.
+    On 200 captions the shipped model measures colour 0.995, shape 0.962, count 0.900, size 0.995 (bars
+    0.95 / 0.90 / 0.90 / 0.90). 32 captions are too few to check a bar to two decimals, so this guards
+    against a regression with some room for the small sample.
     """
-    f = evaluate.faithfulness(shapes_pipe, n=32)
-    assert f["colour"] >= 0.9 and f["shape"] >= 0.85 and f["size"] >= 0.85, f
-    assert f["count"] >= 0.65, f
+    f = evaluate.faithfulness(shapes_pipe, n=32)  # measured: colour 1.00, shape 0.93, count 0.91, size 1.00
+    assert f["colour"] >= 0.95 and f["shape"] >= 0.88 and f["size"] >= 0.9, f
+    assert f["count"] >= 0.84, f
 
 
 def test_generated_objects_are_measurable(shapes_pipe):

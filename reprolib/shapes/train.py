@@ -1,8 +1,7 @@
 """Train the shapes-world model on CPU: VAE first, then UNet + text encoder; export the pipeline.
 
-    python -m reprolib.shapes.train --out runs/shapes                 # train (resumes if interrupted)
-    python -m reprolib.shapes.train --out runs/shapes --unet-steps 12000   # continue a finished run
-    python -m reprolib.shapes.train --out runs/shapes --unet-steps 11000 --decay-from 5000  # anneal the LR
+    python -m reprolib.shapes.train --out runs/shapes                 # the shipped recipe (resumes if interrupted)
+    python -m reprolib.shapes.train --out runs/shapes --unet-steps 16000 --decay-from 12000  # train on further
     python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights
 
 Every batch is drawn from a generator seeded by (seed, stage, step), so a resumed run sees the
@@ -196,11 +195,12 @@ def export(out: Path, dest: Path) -> Path:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/shapes"), help="run folder (checkpoints, caches)")
-    p.add_argument("--scenes", type=int, default=60_000)
-    p.add_argument("--vae-steps", type=int, default=2000)
-    p.add_argument("--unet-steps", type=int, default=8000)
+    # the defaults are the recipe of the shipped weights
+    p.add_argument("--scenes", type=int, default=40_000)
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--unet-steps", type=int, default=12_000)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--decay-from", type=int, default=None,
+    p.add_argument("--decay-from", type=int, default=5000,
                    help="constant LR until this UNet step, then a cosine down to --lr-final at --unet-steps")
     p.add_argument("--lr-final", type=float, default=5e-5)
     p.add_argument("--seed", type=int, default=0)
