@@ -18,6 +18,12 @@ from .conditioning import Embeddings, TextConditioning
 from .tokens import token_span
 
 Edit = tuple  # (Delta, pattern, alpha)
+DELAY = 0.2  # fraction of the steps before edits apply (Baumann et al.'s notebook)
+
+
+def first_edited_step(steps: int, delay: float) -> int:
+    """Index of the first step that uses the edited prompt; the steps before it are the same for every α."""
+    return round(delay * steps)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
 
 def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, steps: int | None = None,
              guidance_scale: float | None = None, negative_prompt: str | None = None,
-             edits: Iterable[Edit] = (), delay: float = 0.2, boxes: dict | None = None, layout=None,
+             edits: Iterable[Edit] = (), delay: float = DELAY, boxes: dict | None = None, layout=None,
              hooks: Sequence = (), height: int | None = None, width: int | None = None,
              latents: torch.Tensor | None = None, output_type: str = "pil", until: int | None = None,
              resume: Partial | None = None):
@@ -147,7 +153,7 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
         x = (initial_latents(pipe, seeds, height, width) if latents is None
              else latents.to(cond.device, pipe.unet.dtype))
     stop = steps if until is None else until
-    first_edited = round(delay * steps)
+    first_edited = first_edited_step(steps, delay)
     # inference mode skips autograd's bookkeeping (~10% faster on the shapes world); hooks such as
     # layout guidance take gradients through the latents, so with hooks plain no_grad is used
     no_grad = torch.no_grad if hooks else torch.inference_mode

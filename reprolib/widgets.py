@@ -5,8 +5,9 @@
 
 Every frame is cached by its tuple of α values (least recently used dropped first), so scrubbing
 back to a value seen before is instant. The first ``delay`` steps run the unedited prompt and are
-the same for every α: they are computed once and each new frame starts after them. :meth:`AttributeSlider.render` is a plain function of the
-alphas, so it can be called and tested without a browser.
+the same for every α: they are computed once and each new frame starts after them.
+:meth:`AttributeSlider.render` is a plain function of the alphas, so it can be called and tested
+without a browser.
 """
 from __future__ import annotations
 
@@ -120,12 +121,12 @@ class AttributeSlider:
 
     def prefix(self):
         """The steps before the edits start (``delay``), run once with no edits; None when there are none."""
-        from .generate import defaults, generate
+        from .generate import DELAY, defaults, first_edited_step, generate
 
         if self._prefix is None and self.share_prefix:
             kw = dict(self.generate_kwargs)
             steps = kw.get("steps") or defaults(self.pipe)[0]
-            first_edited = round(kw.pop("delay", 0.2) * steps)
+            first_edited = first_edited_step(steps, kw.pop("delay", DELAY))
             if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
                 return None  # nothing shared, or guidance hooks that must see every step themselves
             kw["steps"] = steps

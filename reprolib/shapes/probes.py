@@ -90,6 +90,5 @@ def presence(pipe, prompt: str, edits, obj: tuple[str, str], seeds=range(8), **g
     from ..generate import generate
 
     images = generate(pipe, prompt, seed=list(seeds), edits=edits, **generate_kwargs)
-    hits = [any(f.colour == obj[0] and f.shape == obj[1] for f in measure.measure(np.asarray(im)))
-            for im in images]
+    hits = [measure.find(measure.measure(np.asarray(im)), *obj) is not None for im in images]
     return float(np.mean(hits))

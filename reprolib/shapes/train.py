@@ -145,6 +145,8 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
     t0, running = time.time(), None
     for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final)
         g = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + step)
         idx = torch.randint(0, len(ids), (batch,), generator=g)
         mean, std = latents["mean"][idx].float(), latents["std"][idx].float()
@@ -153,8 +155,6 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         xt = sched.add_noise(x0, noise, t)
         cond = text(ids[idx])[0]
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final)
         loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
