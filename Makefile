@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (each creates the environment first if it is missing):
 #   make notebooks   execute the notebooks in order on the embedded shapes-world model; writes figures/
-#   make test        run every test: the library's tests and the notebooks under nbval
+#   make test        run every check: ruff, the library's tests and the notebooks under nbval
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 notebooks: env
-	$(PY) -m reprolib.notebooks
+	$(PY) tools/run_notebooks.py
 
+# ruff (lint + format) first: it takes a second and names the file and line
 test: env
+	$(VENV)/bin/ruff check reprolib tests benchmarks tools
+	$(PY) tools/fetch_clip_vocab.py || echo "no CLIP BPE vocabulary: the tests that need it will skip"
 	$(PY) -m pytest -q tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg

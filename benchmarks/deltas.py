@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import reprolib
-from reprolib.shapes import probes
+from reprolib.evaluation import deltas as probes
 
 
 def report(name: str, pipe, delta, seeds) -> dict:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from reprolib.evaluation.layout import DEFAULT_CASES, PAIR, layout_probe, methods
 from reprolib.layout import LayoutConfig
-from reprolib.shapes.layout_probe import DEFAULT_CASES, PAIR, layout_probe, methods
 
 
 def load(model: str):

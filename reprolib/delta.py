@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 # key names of the original .pt files → our encoder names
@@ -97,8 +97,6 @@ class Delta:
             return cls._load_original(path)
         try:
             vectors = load_file(str(path))
-            from safetensors import safe_open
-
             with safe_open(str(path), "pt") as f:
                 raw = f.metadata() or {}
         except (SafetensorError, OSError, ValueError) as e:
@@ -122,8 +120,9 @@ class Delta:
         d = obj.get("delta", obj) if isinstance(obj, dict) else None
         vectors = {ORIGINAL_KEYS[k]: v for k, v in (d or {}).items() if k in ORIGINAL_KEYS}
         if not vectors:
+            found = list(d or obj)[:5] if isinstance(obj, dict) else type(obj).__name__
             raise ValueError(f"{path} holds no attribute-control delta: expected a dict {{'delta': "
-                             f"{{{', '.join(ORIGINAL_KEYS)}}}}}, found keys {list(d or obj)[:5] if isinstance(obj, dict) else type(obj).__name__}")
+                             f"{{{', '.join(ORIGINAL_KEYS)}}}}}, found keys {found}")
         family = "sdxl" if set(vectors) == {"clip_l", "openclip_g"} else "sd"
         return cls(vectors, {"family": family, "method": "original attribute-control .pt", "source": path.name,
                              "tag": path.stem})

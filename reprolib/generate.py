@@ -1,4 +1,4 @@
-"""One plain denoising loop for every control: attribute edits, delayed application, layout hooks.
+"""One plain denoising loop for every control: attribute edits, delayed application, step hooks.
 
 It is the loop ``pipe(...)`` runs (classifier-free guidance, ``scheduler.step``), written out so
 that embeddings can change between steps and guidance can move the latents; with no edits
@@ -7,18 +7,19 @@ and no hooks it reproduces ``pipe(...)`` exactly for the same initial latents.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
 from .conditioning import Embeddings, TextConditioning
-from .tokens import token_span
+from .edits import Edit, apply_edits
+from .layout import LayoutConfig, LayoutGuidance
+from .protocols import StepHook
 
-Edit = tuple  # (Delta, pattern, alpha)
 DELAY = 0.2  # fraction of the steps before edits apply (Baumann et al.'s notebook)
+SD_DEFAULTS = {"steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's pipelines
 
 
 def first_edited_step(steps: int, delay: float) -> int:
@@ -45,30 +46,13 @@ class Partial:
 
 
 def defaults(pipe) -> tuple[int, float]:
-    """(steps, guidance scale): 25 and 5 for the shapes world, 50 and 7.5 for real models."""
-    from .pipelines import SHAPES_DIR
+    """(steps, guidance scale) for ``pipe``: what its model folder declares, else SD's 50 and 7.5.
 
-    name = str(getattr(pipe, "name_or_path", "") or "")
-    return (25, 5.0) if name and Path(name).resolve() == SHAPES_DIR.resolve() else (50, 7.5)
-
-
-def apply_edits(cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit]) -> Embeddings:
-    """``emb`` with α·Δ added to each edit's tokens, per encoder, in every prompt of the batch.
-
-    The pooled embedding is left as it is (as in Baumann et al.): deltas are token-wise.
+    :func:`reprolib.pipelines.load_pipeline` reads a folder's ``reprolib.json`` into
+    ``pipe.reprolib_defaults``; the shapes world declares 25 steps and guidance 5.
     """
-    edits = list(edits)
-    if not edits:
-        return emb
-    out = emb.clone()
-    for delta, pattern, alpha in edits:
-        delta.check(cond)
-        for b, toks in enumerate(out.tokens):
-            pos = token_span(toks, pattern)
-            for name, vec in delta.vectors.items():
-                s = out.states[name]
-                s[b, pos] += alpha * vec.to(s.device, s.dtype)
-    return out
+    d = {**SD_DEFAULTS, **(getattr(pipe, "reprolib_defaults", None) or {})}
+    return int(d["steps"]), float(d["guidance_scale"])
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
@@ -93,25 +77,8 @@ def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
     return pipe.image_processor.postprocess(image.float(), output_type=output_type)
 
 
-def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, steps: int | None = None,
-             guidance_scale: float | None = None, negative_prompt: str | None = None,
-             edits: Iterable[Edit] = (), delay: float = DELAY, boxes: dict | None = None, layout=None,
-             hooks: Sequence = (), height: int | None = None, width: int | None = None,
-             latents: torch.Tensor | None = None, output_type: str = "pil", until: int | None = None,
-             resume: Partial | None = None):
-    """Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
-
-    ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).
-    ``boxes``: ``{phrase: box or [boxes]}``, boxes normalised ``(x0, y0, x1, y1)`` from the top left;
-    ``layout`` is a :class:`reprolib.layout.LayoutConfig` for them. ``hooks`` are objects with
-    ``before_step(i, t, latents, cond) -> latents`` (and optionally context-manager methods).
-    Returns one image for one prompt and seed, else a list (``output_type`` as diffusers').
-
-    ``until=k`` stops before step ``k`` and returns a :class:`Partial`; ``resume=partial`` runs the
-    remaining steps from it (same prompts, seeds and steps as the call that made it): the result is
-    identical to one uninterrupted call.
-    """
-    single = isinstance(prompt, str) and isinstance(seed, int)
+def _batch(prompt: str | Sequence[str], seed: int | Sequence[int]) -> tuple[list[str], list[int]]:
+    """Prompts and seeds of equal length: one of either is repeated to match the other."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     seeds = [seed] if isinstance(seed, int) else list(seed)
     if len(prompts) == 1 and len(seeds) > 1:
@@ -120,11 +87,76 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
         seeds = seeds * len(prompts)
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts and {len(seeds)} seeds; give one of each or equal numbers")
+    return prompts, seeds
+
+
+def _start(pipe, cond: TextConditioning, seeds: list[int], steps: int, height: int, width: int,
+           latents: torch.Tensor | None, resume: Partial | None):
+    """(scheduler, latents, first step): fresh noise, given latents, or where a :class:`Partial` stopped."""
+    if resume is None:
+        sched = pipe.scheduler
+        sched.set_timesteps(steps, device=cond.device)
+        x = (initial_latents(pipe, seeds, height, width) if latents is None
+             else latents.to(cond.device, pipe.unet.dtype))
+        return sched, x, 0
+    if resume.steps != steps or len(resume.latents) != len(seeds):
+        raise ValueError(f"this Partial was made for {resume.steps} steps and {len(resume.latents)} images; "
+                         f"this call has {steps} steps and {len(seeds)} images: resume with the same ones")
+    if latents is not None:
+        raise ValueError("give latents or resume, not both: a Partial carries its own latents")
+    return resume.continued(), resume.latents.clone(), resume.step
+
+
+def _hooks(hooks: Sequence[StepHook], cond: TextConditioning, plain: Embeddings, boxes: dict | None,
+           layout: LayoutConfig | None, height: int, width: int) -> list[StepHook]:
+    """The caller's hooks, checked, plus layout guidance when there are boxes."""
+    hooks = list(hooks)
+    for h in hooks:
+        if not isinstance(h, StepHook):
+            raise TypeError(f"hooks take reprolib.protocols.StepHook objects (before_step, __enter__, __exit__); "
+                            f"{type(h).__name__} lacks some of them")
+    if boxes:
+        hooks.append(LayoutGuidance(cond, plain.tokens, boxes, layout, height=height, width=width))
+    return hooks
+
+
+def _guided_step(cond: TextConditioning, sched, x: torch.Tensor, t, uncond: Embeddings, c: Embeddings,
+                 guidance_scale: float, height: int, width: int) -> torch.Tensor:
+    """One scheduler step with classifier-free guidance (both branches in one UNet batch, as diffusers)."""
+    both = Embeddings.cat([uncond, c])
+    inp = sched.scale_model_input(torch.cat([x, x]), t)
+    eps_u, eps_c = cond.unet(inp, t, both, height, width).chunk(2)
+    eps = eps_u + guidance_scale * (eps_c - eps_u)
+    return sched.step(eps, t, x, return_dict=False)[0]
+
+
+def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, steps: int | None = None,
+             guidance_scale: float | None = None, negative_prompt: str | None = None,
+             edits: Iterable[Edit] = (), delay: float = DELAY, boxes: dict | None = None,
+             layout: LayoutConfig | None = None, hooks: Sequence[StepHook] = (), height: int | None = None,
+             width: int | None = None, latents: torch.Tensor | None = None, output_type: str = "pil",
+             until: int | None = None, resume: Partial | None = None):
+    r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
+
+    ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).
+    ``boxes``: ``{phrase: box or [boxes]}``, boxes normalised ``(x0, y0, x1, y1)`` from the top left;
+    ``layout`` is a :class:`reprolib.layout.LayoutConfig` for them. ``hooks``: more
+    :class:`~reprolib.protocols.StepHook`\ s. Returns one image for one prompt and seed, else a list
+    (``output_type`` as diffusers').
+
+    ``until=k`` stops before step ``k`` and returns a :class:`Partial`; ``resume=partial`` runs the
+    remaining steps from it (same prompts, seeds and steps as the call that made it): the result is
+    identical to one uninterrupted call.
+    """
+    single = isinstance(prompt, str) and isinstance(seed, int)
+    prompts, seeds = _batch(prompt, seed)
     d_steps, d_cfg = defaults(pipe)
     steps = steps or d_steps
     guidance_scale = d_cfg if guidance_scale is None else guidance_scale
     if not 0 <= delay <= 1:
         raise ValueError(f"delay is a fraction of the steps, between 0 and 1; got {delay}")
+    if until is not None and not 0 <= until <= steps:
+        raise ValueError(f"until is a step index between 0 and steps={steps}; got {until}")
     cond = TextConditioning(pipe)
     dh, dw = cond.default_size()
     height, width = height or dh, width or dw
@@ -132,26 +164,8 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
     plain = cond.encode(prompts)
     edited = apply_edits(cond, plain, edits)
     uncond = cond.encode_negative(negative_prompt, len(prompts))
-    hooks = list(hooks)
-    if boxes:
-        from .layout import BackwardGuidance
-
-        hooks.append(BackwardGuidance(cond, plain.tokens, boxes, layout, height=height, width=width))
-
-    if until is not None and not 0 <= until <= steps:
-        raise ValueError(f"until is a step index between 0 and steps={steps}; got {until}")
-    if resume is not None:
-        if resume.steps != steps or len(resume.latents) != len(prompts):
-            raise ValueError(f"this Partial was made for {resume.steps} steps and {len(resume.latents)} images; "
-                             f"this call has {steps} steps and {len(prompts)} images: resume with the same ones")
-        if latents is not None:
-            raise ValueError("give latents or resume, not both: a Partial carries its own latents")
-        sched, x, start = resume.continued(), resume.latents.clone(), resume.step
-    else:
-        sched, start = pipe.scheduler, 0
-        sched.set_timesteps(steps, device=cond.device)
-        x = (initial_latents(pipe, seeds, height, width) if latents is None
-             else latents.to(cond.device, pipe.unet.dtype))
+    hooks = _hooks(hooks, cond, plain, boxes, layout, height, width)
+    sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume)
     stop = steps if until is None else until
     first_edited = first_edited_step(steps, delay)
     # inference mode skips autograd's bookkeeping (~10% faster on the shapes world); hooks such as
@@ -159,8 +173,7 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
     no_grad = torch.no_grad if hooks else torch.inference_mode
     with ExitStack() as stack:
         for h in hooks:
-            if hasattr(h, "__enter__"):
-                stack.enter_context(h)
+            stack.enter_context(h)
         for i, t in enumerate(sched.timesteps):
             if i < start:
                 continue
@@ -170,11 +183,7 @@ def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0
             for h in hooks:
                 x = h.before_step(i, t, x, c)
             with no_grad():
-                both = Embeddings.cat([uncond, c])
-                inp = sched.scale_model_input(torch.cat([x, x]), t)
-                eps_u, eps_c = cond.unet(inp, t, both, height, width).chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-                x = sched.step(eps, t, x, return_dict=False)[0]
+                x = _guided_step(cond, sched, x, t, uncond, c, guidance_scale, height, width)
     x = x.clone()  # outside inference mode: a normal tensor, usable with autograd
     if until is not None:
         return Partial(step=steps, steps=steps, latents=x, scheduler=copy.deepcopy(sched))

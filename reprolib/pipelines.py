@@ -12,12 +12,16 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import diffusers
 import torch
 
 from .device import pick_device, pick_dtype
+from .quiet import quiet
+from .tiny import tiny_pipeline
 
 KNOWN_MODELS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -32,17 +36,6 @@ class ModelNotAvailable(RuntimeError):
     """The model's weights are not here and cannot be fetched; the message says how to get them."""
 
 
-def quiet() -> None:
-    """Silence progress bars and library chatter when running under CI (``$CI`` set)."""
-    if not os.environ.get("CI"):
-        return
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.disable_progress_bar(), tlog.disable_progress_bar()
-    dlog.set_verbosity_error(), tlog.set_verbosity_error()
-
-
 def resolve(model: str | os.PathLike) -> str:
     """A known name → its hub id; a folder stays a folder; anything else is taken as a hub id."""
     if isinstance(model, os.PathLike) or Path(str(model)).exists():
@@ -53,12 +46,8 @@ def resolve(model: str | os.PathLike) -> str:
 
 
 def _pipeline_class(path_or_id: str):
-    import diffusers
-
     index = Path(path_or_id) / "model_index.json"
     if index.exists():
-        import json
-
         name = json.loads(index.read_text()).get("_class_name", "DiffusionPipeline")
         return getattr(diffusers, name, diffusers.DiffusionPipeline)
     return diffusers.DiffusionPipeline
@@ -75,11 +64,10 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
     quiet()
     dev = pick_device(device)
     if str(model) in TINY_MODELS:
-        from .tiny import tiny_pipeline
-
         # random weights are built in fp32; another dtype only when asked for
         pipe = tiny_pipeline(str(model).removeprefix("tiny-")).to(dev, pick_dtype(torch.device("cpu"), dtype))
         pipe.set_progress_bar_config(disable=True)
+        pipe.reprolib_model = str(model)
         return pipe
     dt = pick_dtype(dev, dtype)
     src = resolve(model)
@@ -107,7 +95,19 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
             f"then pass that folder: load_pipeline('models/{src.split('/')[-1]}').") from None
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=bool(os.environ.get("CI")))
+    pipe.reprolib_defaults = model_defaults(local)
+    # the short name runs and reports record ("shapes", "sdxl"), also when loaded by its hub id
+    pipe.reprolib_model = next((k for k, v in KNOWN_MODELS.items() if v == str(model)), str(model))
     return pipe
+
+
+def model_defaults(folder: Path) -> dict:
+    """What a model folder's ``reprolib.json`` declares (sampling steps, guidance scale), or nothing.
+
+    The shapes world ships one (25 steps, guidance 5); :func:`reprolib.generate.defaults` reads it.
+    """
+    path = Path(folder) / "reprolib.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def describe(pipe) -> str:

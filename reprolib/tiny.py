@@ -6,23 +6,25 @@ dtypes and control flow are those of the real models.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                       UNet2DConditionModel)
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .shapes.tokenizer import byte_alphabet, load_tokenizer, save_tokenizer
+from .shapes.tokenizer import load_tokenizer, save_tokenizer
 
 CACHE = Path(os.environ.get("REPROLIB_CACHE", Path.home() / ".cache" / "reprolib"))
+CLIP_BPE_DIR = CACHE / "clip-bpe"
 _SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                  set_alpha_to_one=False, steps_offset=1)
 
@@ -38,30 +40,15 @@ def word_tokenizer(pad_token: str = "<|endoftext|>", max_length: int = 77) -> CL
 
 
 def clip_bpe_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
-    """OpenAI CLIP's real 49,408-token BPE tokenizer, built offline from the ``open_clip_torch`` wheel.
+    """OpenAI CLIP's real 49,408-token BPE tokenizer, from the vocabulary cached in ``$REPROLIB_CACHE``.
 
-    The wheel is fetched once with ``pip download --no-deps`` (never installed: that would replace
-    torch) into ``$REPROLIB_CACHE``. Raises ``RuntimeError`` if it cannot be had.
+    ``python tools/fetch_clip_vocab.py`` puts it there (from the ``open_clip_torch`` wheel; ``make test``
+    runs it). Raises ``RuntimeError`` saying so when the cache is empty.
     """
-    d = CACHE / "clip-bpe"
-    if not (d / "vocab.json").exists():
-        wheels = CACHE / "wheels"
-        found = sorted(wheels.glob("open_clip_torch-*.whl"))
-        if not found:
-            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                                "-q", "-d", str(wheels), "open_clip_torch"], capture_output=True, text=True)
-            found = sorted(wheels.glob("open_clip_torch-*.whl"))
-            if not found:
-                raise RuntimeError(f"could not download the open_clip_torch wheel: {r.stderr.strip()[-300:]}")
-        with zipfile.ZipFile(found[-1]) as z:
-            lines = gzip.decompress(z.read("open_clip/bpe_simple_vocab_16e6.txt.gz")).decode().split("\n")
-        merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]  # CLIP keeps the first 48,894
-        alphabet = byte_alphabet()
-        vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
-        vocab += ["<|startoftext|>", "<|endoftext|>"]
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-        (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    d = CLIP_BPE_DIR
+    if not (d / "vocab.json").exists() or not (d / "merges.txt").exists():
+        raise RuntimeError(f"the CLIP BPE vocabulary is not in {d}; run `python tools/fetch_clip_vocab.py` "
+                           "(it needs PyPI once) or set $REPROLIB_CACHE to a folder that holds clip-bpe/")
     tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), pad_token=pad_token)
     tok.model_max_length = 77
     return tok

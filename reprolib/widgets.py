@@ -15,9 +15,14 @@ import io
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import ipywidgets as w
+from IPython.display import display
+
 from .conditioning import TextConditioning
 from .delta import Delta
 from .device import cpu_threads
+from .edits import Edit
+from .generate import DELAY, Partial, defaults, first_edited_step, generate
 from .tokens import token_span
 
 
@@ -102,15 +107,13 @@ class AttributeSlider:
 
     def render(self, alphas) -> object:
         """The image (PIL) for these α values, one per attribute; from the cache when seen before."""
-        from .generate import generate
-
         key = self._key(alphas)
         if key in self._cache:
             self._hits += 1
             self._cache.move_to_end(key)
             return self._cache[key]
         self._misses += 1
-        edits = [(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
+        edits = [Edit(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
         with cpu_threads(self.threads):
             image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(),
                              **self.generate_kwargs)
@@ -119,10 +122,8 @@ class AttributeSlider:
             self._cache.popitem(last=False)
         return image
 
-    def prefix(self):
+    def prefix(self) -> Partial | None:
         """The steps before the edits start (``delay``), run once with no edits; None when there are none."""
-        from .generate import DELAY, defaults, first_edited_step, generate
-
         if self._prefix is None and self.share_prefix:
             kw = dict(self.generate_kwargs)
             steps = kw.get("steps") or defaults(self.pipe)[0]
@@ -151,8 +152,6 @@ class AttributeSlider:
     def widget(self):
         """An ipywidgets VBox: one FloatSlider per attribute above the image (built on first use)."""
         if self._widget is None:
-            import ipywidgets as w
-
             lo, hi, step = self.values
             # continuous_update=False: render once on release, not for every pixel dragged
             self.sliders = [w.FloatSlider(value=0.0, min=lo, max=hi, step=step, description=a.label,
@@ -175,8 +174,6 @@ class AttributeSlider:
         self._show(self.alphas)
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.widget)
 
 

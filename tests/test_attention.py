@@ -1,4 +1,4 @@
-"""Attention processors, stores and maps (reprolib.attention) on the tiny random pipelines."""
+"""Attention processors, stores (reprolib.attention) and maps (reprolib.maps) on the tiny random pipelines."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,11 +7,19 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0  # noqa: E402
 
-from reprolib.attention import (AttentionStore, ProbsProcessor, attention_maps, cross_attention_layers,  # noqa: E402
-                                default_layers, grid_shape, plot_grid, plot_overlay, record_attention,
-                                select_layers)
+from reprolib.attention import (  # noqa: E402
+    AttentionStore,
+    ProbsProcessor,
+    cross_attention_layers,
+    default_layers,
+    grid_shape,
+    record_attention,
+    select_layers,
+)
 from reprolib.conditioning import Embeddings, TextConditioning  # noqa: E402
 from reprolib.generate import generate, initial_latents  # noqa: E402
+from reprolib.maps import attention_maps  # noqa: E402
+from reprolib.plots import plot_grid, plot_overlay  # noqa: E402
 from reprolib.tokens import SpanError, token_span  # noqa: E402
 
 PROMPT = "a red circle and a blue square"

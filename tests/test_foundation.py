@@ -1,10 +1,10 @@
 """Device choice, pipeline loading (and its errors), the text-conditioning adapter, tiny pipelines, generate()."""
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import yaml
 

@@ -1,5 +1,5 @@
 """Layout guidance (reprolib.layout): boxes, energy, the step size per scheduler, the hook, the CLI; and its
-measurement in the shapes world (reprolib.shapes.layout_probe, benchmarks/layout.py)."""
+measurement in the shapes world (reprolib.evaluation.layout, benchmarks/layout.py)."""
 import importlib.util
 import json
 import math
@@ -12,8 +12,19 @@ from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscr
 from reprolib.attention import AttentionStore, ProbsProcessor
 from reprolib.conditioning import TextConditioning
 from reprolib.generate import generate, initial_latents
-from reprolib.layout import (BackwardGuidance, BoxError, LayoutConfig, Target, box_mask, layout_energy, main,
-                             normalise_boxes, parse_box, step_scale, targets_for)
+from reprolib.layout import (
+    BoxError,
+    LayoutConfig,
+    LayoutGuidance,
+    Target,
+    box_mask,
+    layout_energy,
+    normalise_boxes,
+    parse_box,
+    step_scale,
+    targets_for,
+)
+from reprolib.layout.__main__ import main
 
 PROMPT = "a red circle and a blue square"
 BOXES = {"red circle": (0.0, 0.0, 0.5, 0.5)}
@@ -27,7 +38,7 @@ def _setup(pipe, steps=4):
 
 
 def _guidance(cond, emb, boxes=BOXES, **cfg):
-    return BackwardGuidance(cond, emb.tokens, boxes, LayoutConfig(**cfg), height=64, width=64)
+    return LayoutGuidance(cond, emb.tokens, boxes, LayoutConfig(**cfg), height=64, width=64)
 
 
 # ----------------------------------------------------------------------------- energy on synthetic maps
@@ -259,7 +270,7 @@ def test_forward_mode_moves_attention_into_the_box(sd15):
 
 
 def test_attention_maps_ignore_guidance_passes(sd15):
-    from reprolib.attention import attention_maps
+    from reprolib.maps import attention_maps
 
     cond, emb, _ = _setup(sd15)
     g = _guidance(cond, emb, eta=100.0, max_iters=2, loss_threshold=0.0, guidance_steps=2)
@@ -301,7 +312,7 @@ def _circle_scene(cx, cy, size=8.0):
 
 
 def test_score_measures_the_object_in_its_box_with_the_ruler():
-    from reprolib.shapes.layout_probe import QUADRANTS, score
+    from reprolib.evaluation.layout import QUADRANTS, score
 
     img = _circle_scene(16.0, 16.0)  # red circle centred in the top-left quadrant, blue square bottom-right
     s = score(img, {"red circle": QUADRANTS["top-left"], "blue square": QUADRANTS["top-left"]})
@@ -312,7 +323,7 @@ def test_score_measures_the_object_in_its_box_with_the_ruler():
 
 
 def test_cases_are_checked():
-    from reprolib.shapes.layout_probe import Case
+    from reprolib.evaluation.layout import Case
 
     with pytest.raises(ValueError, match="one colour"):
         Case("x", "a circle", {"circle": (0, 0, 0.5, 0.5)})
@@ -323,7 +334,7 @@ def test_cases_are_checked():
 
 
 def test_layout_table_summary_counts_found_objects_and_times_per_image():
-    from reprolib.shapes.layout_probe import LayoutTable, Run
+    from reprolib.evaluation.layout import LayoutTable, Run
 
     nan = float("nan")
     runs = [Run("unguided", "c", 0, "red circle", 0.2, 1.0), Run("unguided", "c", 1, "red circle", nan, 3.0),
@@ -336,7 +347,7 @@ def test_layout_table_summary_counts_found_objects_and_times_per_image():
 
 
 def test_layout_probe_returns_a_table_per_method_case_seed_and_phrase(sd15):
-    from reprolib.shapes.layout_probe import DEFAULT_CASES, layout_probe, methods
+    from reprolib.evaluation.layout import DEFAULT_CASES, layout_probe, methods
 
     cases = [c for c in DEFAULT_CASES if c.name in ("circle top-left", "pair: both boxed")]
     configs = {k: v for k, v in methods(eta=50.0, max_iters=1, guidance_steps=1).items()

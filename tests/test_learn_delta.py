@@ -1,4 +1,5 @@
 """learn_delta: the original objective (sampling, targets, counts), the cached scheme, resume, errors, CLI."""
+import importlib.util
 import json
 from pathlib import Path
 
@@ -8,7 +9,8 @@ from diffusers import DDIMScheduler
 
 from reprolib.conditioning import TextConditioning
 from reprolib.delta import Delta, DeltaMismatch
-from reprolib.learn_delta import NonFiniteLoss, RunConflict, _convert, _Pool, _Problem, learn_delta, main
+from reprolib.learn_delta import NonFiniteLoss, Problem, RunConflict, TrajectoryPool, learn_delta, to_prediction
+from reprolib.learn_delta.__main__ import main
 from reprolib.prompts import ConfigError, Pair, PromptConfig
 from reprolib.tokens import SpanError
 
@@ -35,7 +37,7 @@ def test_learns_a_delta(family, scheme, request):
     assert all(torch.isfinite(v).all() for v in d.vectors.values())
     assert d.meta["method"] == "learned" and d.meta["tag"] == "test/size" and d.meta["steps"] == 2
     assert d.meta["scheme"] == scheme and d.meta["final_loss"] == d.history[-1]["loss"]
-    assert all(l == l and l < float("inf") for l in d.meta["loss_history"])
+    assert all(loss == loss and loss < float("inf") for loss in d.meta["loss_history"])
     # the pipeline is left as found: grads flags back, no checkpointing, no counter on a fresh adapter
     assert [p.requires_grad for p in pipe.unet.parameters()] == flags
     assert not pipe.unet.is_gradient_checkpointing
@@ -55,8 +57,8 @@ def test_x0_and_eps_predictions_are_consistent(family, request):
     sched.set_timesteps(10)
     t = sched.timesteps[3]
     x, out = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    x0 = _convert(out, x, t, sched, "x0")
-    eps = _convert(out, x, t, sched, "eps")
+    x0 = to_prediction(out, x, t, sched, "x0")
+    eps = to_prediction(out, x, t, sched, "eps")
     torch.testing.assert_close(x0, sched.step(out, t, x).pred_original_sample)  # the scheduler's own x0
     a = sched.alphas_cumprod[int(t)]
     torch.testing.assert_close(x, a.sqrt() * x0 + (1 - a).sqrt() * eps)  # x_t = √ᾱ x0 + √(1−ᾱ) ε
@@ -77,8 +79,8 @@ def test_x0_loss_is_eps_loss_over_snr(sd21):
 
 
 def test_sampling_is_the_pipelines(sd15):
-    p = _Problem(sd15, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2,
-                 height=32, width=32)
+    p = Problem(sd15, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2,
+                height=32, width=32)
     key = ("noise", "test", 0)
     ours = p.sample(1, key, 4)
     text = PromptConfig.join(*[(pre, pair.target) for pre, pair in [CFG.combinations()[1]]][0])
@@ -93,9 +95,9 @@ def test_sampling_is_the_pipelines(sd15):
 @torch.no_grad()
 def test_cached_targets_equal_fresh_ones(sd21):
     """A cached cell (target prediction taken from the guided step, or computed) = the original's three calls."""
-    p = _Problem(sd21, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2,
-                 height=32, width=32)
-    pool = _Pool(p, 1, 0.0)
+    p = Problem(sd21, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2,
+                height=32, width=32)
+    pool = TrajectoryPool(p, 1, 0.0)
     pool.advance(1)
     tr = pool.slots[0]
     c = p.combo(tr.combo)
@@ -213,8 +215,6 @@ def test_cli_on_tiny_sd15(tmp_path, capsys):
 
 def test_cost_benchmark_script_runs_on_a_tiny_pipeline(capsys):
     """benchmarks/learn_delta_cost.py end to end on a random tiny SD 1.5 (the script itself, not its figures)."""
-    import importlib.util
-
     path = Path(__file__).resolve().parents[1] / "benchmarks/learn_delta_cost.py"
     spec = importlib.util.spec_from_file_location("bench_cost", path)
     bench = importlib.util.module_from_spec(spec)

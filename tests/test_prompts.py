@@ -44,7 +44,7 @@ def test_shipped_configs_load(name):
     assert name in shipped_configs()
     cfg = load_config(name)
     assert cfg.pairs and cfg.prefixes
-    for prefix, pair in cfg.combinations():
+    for _prefix, pair in cfg.combinations():
         for text, pattern in ((pair.positive, pair.patterns[0]), (pair.negative, pair.patterns[1])):
             assert pattern.lower() in text.lower()  # the subject is in the pair, not only the prefix
     assert load_config(f"{name}.yaml").tag == cfg.tag

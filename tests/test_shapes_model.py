@@ -2,10 +2,10 @@
 import time
 
 import numpy as np
-import pytest
 
+from reprolib.evaluation import faithfulness
 from reprolib.pipelines import load_pipeline
-from reprolib.shapes import evaluate, measure
+from reprolib.shapes import measure
 
 
 def test_loads_fast(shapes_pipe):
@@ -21,7 +21,7 @@ def test_faithfulness_on_a_fixed_sample(shapes_pipe):
     0.95 / 0.90 / 0.90 / 0.90). 32 captions are too few to check a bar to two decimals, so this guards
     against a regression with some room for the small sample.
     """
-    f = evaluate.faithfulness(shapes_pipe, n=32)  # measured: colour 1.00, shape 0.93, count 0.91, size 1.00
+    f = faithfulness.faithfulness(shapes_pipe, n=32)  # measured: colour 1.00, shape 0.93, count 0.91, size 1.00
     assert f["colour"] >= 0.95 and f["shape"] >= 0.88 and f["size"] >= 0.9, f
     assert f["count"] >= 0.84, f
 
@@ -35,7 +35,7 @@ def test_generated_objects_are_measurable(shapes_pipe):
 
 
 def test_presence_counts_what_the_ruler_finds(shapes_pipe):
-    from reprolib.shapes import probes
+    from reprolib.evaluation import deltas as probes
 
     assert probes.presence(shapes_pipe, "a big red circle", [], ("red", "circle"), seeds=range(4)) == 1.0
     assert probes.presence(shapes_pipe, "a big red circle", [], ("blue", "square"), seeds=range(4)) == 0.0

@@ -1,4 +1,66 @@
-"""Command line: python -m reprolib.learn_delta --help"""
-from . import main
+"""Command line: ``python -m reprolib.learn_delta --help``."""
+from __future__ import annotations
 
-main()
+import argparse
+import time
+from pathlib import Path
+
+from ..delta import Delta
+from ..pipelines import load_pipeline
+from .loop import SCHEMES, learn_delta
+from .objective import TARGETS
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m reprolib.learn_delta",
+                                 description="Learn an attribute delta by Baumann et al.'s optimization.")
+    ap.add_argument("--model", default="shapes", help="shapes, sd15, sd21, sdxl, a hub id or folder; "
+                    "tiny-sd15 / tiny-sd21 / tiny-sdxl for offline checks")
+    ap.add_argument("--prompts", required=True, help="prompt config: shipped name (people/age) or YAML path")
+    ap.add_argument("--out", required=True, help="output folder (config.json, checkpoints/, delta.safetensors)")
+    ap.add_argument("--device"), ap.add_argument("--dtype", help="fp32, fp16 or bf16 (default: by device)")
+    ap.add_argument("--max-steps", type=int, default=1000)
+    ap.add_argument("--scheme", choices=SCHEMES, default="cached")
+    ap.add_argument("--target", choices=TARGETS, default="x0")
+    ap.add_argument("--grad-accum", type=int, default=10)
+    ap.add_argument("--scale-batch-size", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to zero")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, help="DDIM steps for sampling x_t (default: the model's)")
+    ap.add_argument("--guidance-scale", type=float)
+    ap.add_argument("--height", type=int, help="image height for x_t (default: the model's)")
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--init", help="start from this delta (.safetensors or original .pt)")
+    ap.add_argument("--checkpoint-every", type=int, default=100)
+    ap.add_argument("--cache-size", type=int, default=8)
+    ap.add_argument("--refresh", type=float, default=0.05)
+    ap.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
+    ap.add_argument("--overwrite", action="store_true", help="replace another run's checkpoints in --out")
+    ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the UNet (default: on for CUDA, off elsewhere)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> Delta:
+    """Learn a delta as the arguments say; prints a one-line summary and returns the Delta."""
+    a = _parser().parse_args(argv)
+    pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
+    compile_ = a.compile if a.compile is not None else pipe.unet.device.type == "cuda"
+    t0 = time.perf_counter()
+    delta = learn_delta(pipe, a.prompts, max_steps=a.max_steps, init=a.init, out_dir=a.out, scheme=a.scheme,
+                        target=a.target, grad_accum_steps=a.grad_accum, scale_batch_size=a.scale_batch_size,
+                        lr=a.lr, cosine=a.cosine, seed=a.seed, num_steps=a.steps, guidance_scale=a.guidance_scale,
+                        checkpoint_every=a.checkpoint_every, resume=not a.no_resume, overwrite=a.overwrite,
+                        gradient_checkpointing=a.gradient_checkpointing, compile=compile_,
+                        cache_size=a.cache_size, refresh=a.refresh, height=a.height, width=a.width,
+                        model_name=a.model)
+    ev = delta.meta["unet_evals"]
+    print(f"{delta!r}: final loss {delta.meta['final_loss']:.4g}, {ev['rows'] / max(ev['micro_steps'], 1):.1f} "
+          f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {Path(a.out) / 'delta.safetensors'}")
+    return delta
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers import CLIPTokenizer
+
 from .world import WORDS
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -64,6 +66,4 @@ def save_tokenizer(directory: str | Path, words=WORDS, max_length: int = MAX_LEN
 
 
 def load_tokenizer(directory: str | Path):
-    from transformers import CLIPTokenizer
-
     return CLIPTokenizer.from_pretrained(str(directory))

@@ -10,13 +10,12 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import measure, world
+from ..maps import attention_maps
+from ..shapes import measure, world
 
 
 def localisation(pipe, n_scenes: int = 32, seed: int = 20_011, steps: int | None = None) -> dict:
     """Mean ratio per cross-attention layer over the nouns of ``n_scenes`` fresh 2–3 object scenes."""
-    from ..attention import attention_maps
-
     rng = np.random.default_rng(seed)
     ratios: dict[str, list[float]] = defaultdict(list)
     for k in range(n_scenes):

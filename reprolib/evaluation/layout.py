@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..generate import generate
 from ..layout import Box, LayoutConfig, normalise_boxes
-from . import measure, world
+from ..shapes import measure, world
 
 
 def phrase_colour(phrase: str) -> str:
@@ -160,6 +161,43 @@ class LayoutTable:
                 "by_case": self.by_case(), "runs": [r.__dict__ for r in self.runs]}
 
 
+def _timed(pipe, case: Case, seed: int, config: LayoutConfig | None, **generate_kwargs) -> tuple[object, float]:
+    """One image of ``case`` (unguided when ``config`` is None) and the seconds it took."""
+    t = time.perf_counter()
+    kw = {} if config is None else {"boxes": case.boxes, "layout": config}
+    img = generate(pipe, case.prompt, seed=seed, **kw, **generate_kwargs)
+    return img, time.perf_counter() - t
+
+
+def _check(cases: list[Case], seeds: list[int], configs: dict) -> None:
+    if not cases or not seeds or not configs:
+        raise ValueError("layout_probe needs at least one case, one seed and one method")
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"case names must be distinct, got {names}")
+
+
+def _one_seed(pipe, cases: list[Case], seed: int, configs: dict, keep_images: bool, **generate_kwargs):
+    """Runs (and images) of every case × method for one seed; unguided once per prompt."""
+    runs: list[Run] = []
+    images: dict = {}
+    for prompt in dict.fromkeys(c.prompt for c in cases):
+        group = [c for c in cases if c.prompt == prompt]
+        plain = None  # one unguided image per prompt and seed, scored against each case's boxes
+        for name, config in configs.items():
+            for case in group:
+                if config is None:
+                    plain = plain or _timed(pipe, case, seed, None, **generate_kwargs)
+                    img, secs = plain
+                else:
+                    img, secs = _timed(pipe, case, seed, config, **generate_kwargs)
+                for phrase, frac in score(img, case.boxes).items():
+                    runs.append(Run(name, case.name, seed, phrase, frac, secs))
+                if keep_images:
+                    images[(name, case.name, seed)] = img
+    return runs, images
+
+
 def layout_probe(pipe, cases: Sequence[Case] = tuple(DEFAULT_CASES), seeds: Iterable[int] = range(16), *,
                  configs: dict[str, LayoutConfig | None] | None = None, steps: int | None = None,
                  guidance_scale: float | None = None, keep_images: bool = False, warmup: bool = True,
@@ -171,59 +209,18 @@ def layout_probe(pipe, cases: Sequence[Case] = tuple(DEFAULT_CASES), seeds: Iter
     against each case's boxes. ``warmup``: one short untimed run per method first, so that one-off
     costs (allocations, processor swaps) do not land on the first timed image.
     """
-    from ..generate import generate
-
     configs = methods() if configs is None else dict(configs)
     cases, seeds = list(cases), [int(s) for s in seeds]
-    if not cases or not seeds or not configs:
-        raise ValueError("layout_probe needs at least one case, one seed and one method")
-    names = [c.name for c in cases]
-    if len(set(names)) != len(names):
-        raise ValueError(f"case names must be distinct, got {names}")
-    prompts = list(dict.fromkeys(c.prompt for c in cases))
-
-    def run(case: Case, seed: int, config: LayoutConfig | None, n_steps=steps):
-        t = time.perf_counter()
-        kw = {} if config is None else {"boxes": case.boxes, "layout": config}
-        img = generate(pipe, case.prompt, seed=seed, steps=n_steps, guidance_scale=guidance_scale, **kw)
-        return img, time.perf_counter() - t
-
+    _check(cases, seeds, configs)
     if warmup:
         for config in configs.values():
-            run(cases[0], seeds[0], config, n_steps=2)
-
+            _timed(pipe, cases[0], seeds[0], config, steps=2, guidance_scale=guidance_scale)
     runs: list[Run] = []
     images: dict = {}
     for seed in seeds:
-        for prompt in prompts:
-            group = [c for c in cases if c.prompt == prompt]
-            plain = None  # one unguided image per prompt and seed, scored against each case's boxes
-            for name, config in configs.items():
-                for case in group:
-                    if config is None:
-                        plain = plain or run(case, seed, None)
-                        img, secs = plain
-                    else:
-                        img, secs = run(case, seed, config)
-                    for phrase, frac in score(img, case.boxes).items():
-                        runs.append(Run(name, case.name, seed, phrase, frac, secs))
-                    if keep_images:
-                        images[(name, case.name, seed)] = img
+        more, imgs = _one_seed(pipe, cases, seed, configs, keep_images, steps=steps, guidance_scale=guidance_scale)
+        runs += more
+        images.update(imgs)
         if log:
             log(f"seed {seed} done ({len(runs)} scored objects)")
-    return LayoutTable(runs, list(configs), names, seeds, images)
-
-
-def draw_boxes(image, boxes: dict[str, Box] | Sequence[Box], scale: int = 3, colour=(255, 255, 255)):
-    """A copy of ``image`` enlarged ``scale``× (nearest neighbour, pixels stay crisp) with the normalised
-    boxes drawn on it; a PIL image."""
-    from PIL import Image, ImageDraw
-
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    img = img.convert("RGB").resize((img.width * scale, img.height * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(img)
-    items = list(boxes.values()) if isinstance(boxes, dict) else list(boxes)
-    for x0, y0, x1, y1 in items:
-        draw.rectangle([x0 * img.width, y0 * img.height, x1 * img.width - 1, y1 * img.height - 1],
-                       outline=colour, width=max(2, round(img.width / 150)))
-    return img
+    return LayoutTable(runs, list(configs), [c.name for c in cases], seeds, images)

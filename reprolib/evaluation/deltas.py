@@ -8,29 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import measure
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation (ties get their mean rank); NaN pairs are dropped."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    keep = ~(np.isnan(x) | np.isnan(y))
-    x, y = x[keep], y[keep]
-    if len(x) < 3:
-        return float("nan")
-
-    def ranks(v):
-        order = v.argsort()
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for u in np.unique(v):  # ties share their mean rank
-            r[v == u] = r[v == u].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+from ..edits import Edit
+from ..generate import generate
+from ..shapes import measure
+from .stats import spearman
 
 
 @dataclass
@@ -66,14 +47,12 @@ def size_sweep(pipe, delta, prompt: str, word: str, target: tuple[str, str], oth
     ``target``/``other`` are (colour, shape) of the edited object and of a bystander, e.g.
     ``("red", "circle")`` and ``("blue", "square")``.
     """
-    from ..generate import generate
-
     alphas, seeds = list(alphas), list(seeds)
     tgt = np.full((len(alphas), len(seeds)), np.nan)
     oth = np.full_like(tgt, np.nan) if other else None
     images = []
     for i, a in enumerate(alphas):
-        row = generate(pipe, prompt, seed=seeds, edits=[(delta, word, a)], **generate_kwargs)
+        row = generate(pipe, prompt, seed=seeds, edits=[Edit(delta, word, a)], **generate_kwargs)
         images.append(row)
         for j, im in enumerate(row):
             found = measure.measure(np.asarray(im))
@@ -87,8 +66,6 @@ def size_sweep(pipe, delta, prompt: str, word: str, target: tuple[str, str], oth
 
 def presence(pipe, prompt: str, edits, obj: tuple[str, str], seeds=range(8), **generate_kwargs) -> float:
     """Fraction of ``seeds`` whose image (with ``edits``) holds an object of ``obj`` = (colour, shape)."""
-    from ..generate import generate
-
     images = generate(pipe, prompt, seed=list(seeds), edits=edits, **generate_kwargs)
     hits = [measure.find(measure.measure(np.asarray(im)), *obj) is not None for im in images]
     return float(np.mean(hits))

@@ -1,0 +1,46 @@
+"""Attribute edits: α·Δ added to one subject's token-wise embeddings (Baumann et al.)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from .conditioning import Embeddings, TextConditioning
+from .delta import Delta
+from .tokens import token_span
+
+
+class Edit(NamedTuple):
+    """Add ``alpha``·``delta`` to the tokens of ``pattern`` (a word or phrase of the prompt)."""
+
+    delta: Delta
+    pattern: str
+    alpha: float
+
+
+def as_edits(edits: Iterable) -> list[Edit]:
+    """``edits`` as :class:`Edit`\\ s; plain ``(delta, pattern, alpha)`` tuples are accepted."""
+    out = []
+    for e in edits:
+        if not (isinstance(e, (tuple, list)) and len(e) == 3):
+            raise TypeError(f"an edit is (delta, pattern, alpha), e.g. (size, 'circle', 1.5); got {e!r}")
+        out.append(Edit(*e))
+    return out
+
+
+def apply_edits(cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit]) -> Embeddings:
+    """``emb`` with α·Δ added to each edit's tokens, per encoder, in every prompt of the batch.
+
+    The pooled embedding is left as it is (as in Baumann et al.): deltas are token-wise.
+    """
+    edits = as_edits(edits)
+    if not edits:
+        return emb
+    out = emb.clone()
+    for delta, pattern, alpha in edits:
+        delta.check(cond)
+        for b, toks in enumerate(out.tokens):
+            pos = token_span(toks, pattern)
+            for name, vec in delta.vectors.items():
+                s = out.states[name]
+                s[b, pos] += alpha * vec.to(s.device, s.dtype)
+    return out

@@ -1,0 +1,44 @@
+"""The two extension seams of reprolib, written down: a step hook and an attention listener.
+
+Anything with these methods plugs in; nothing needs to inherit from a reprolib class.
+
+* :class:`StepHook` — :func:`reprolib.generate.generate` enters every hook around its loop and calls
+  ``before_step`` before each denoising step, which may move the latents (layout guidance does) or
+  just watch (the step clock of :func:`reprolib.maps.attention_maps` does).
+* :class:`AttentionListener` — :class:`reprolib.attention.ProbsProcessor` hands it each selected
+  layer's attention probabilities; a recorder keeps them, an editor (``edits = True``) returns new ones.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .conditioning import Embeddings
+
+
+@runtime_checkable
+class StepHook(Protocol):
+    """Called by the sampling loop before every step; a context manager around the whole loop."""
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc) -> object: ...
+
+    def before_step(self, i: int, t: torch.Tensor, latents: torch.Tensor, embeddings: Embeddings) -> torch.Tensor:
+        """Step ``i`` (timestep ``t``) is next: return the latents to use (the same or moved)."""
+        ...
+
+
+@runtime_checkable
+class AttentionListener(Protocol):
+    """Receives ``(layer name, probs)``, probs (batch, heads, queries, keys), while ``active``.
+
+    ``edits``: True for a listener that may return replaced probabilities (run before the others, so
+    that recorders see what the layer used); an observer returns None.
+    """
+
+    active: bool
+    edits: bool
+
+    def __call__(self, name: str, probs: torch.Tensor) -> torch.Tensor | None: ...
