@@ -106,6 +106,8 @@ def test_training_command_smoke_and_resume(tmp_path):
     pipe = load_pipeline(tmp_path / "pipe", device="cpu")
     img = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert img.shape == (64, 64, 3)
+    sampling = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
+    assert sampling == {"steps": 25, "guidance_scale": 5.0, "mask_padding": False}
 
 
 def test_learning_rate_schedule():
@@ -129,3 +131,86 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     a, b = torch.load(tmp_path / "a" / "unet.pt"), torch.load(tmp_path / "b" / "unet.pt")
     for k in a["unet"]:
         torch.testing.assert_close(a["unet"][k], b["unet"][k])
+
+
+def test_padding_mask_covers_up_to_the_first_eos(tmp_path):
+    from reprolib.shapes.train import padding_mask
+
+    ids = torch.tensor([[0, 5, 6, 9, 9, 9], [0, 9, 9, 9, 9, 9], [0, 1, 2, 3, 4, 5]])
+    assert padding_mask(ids, eos_id=9).tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1] * 6]
+    tok = load_tokenizer(save_tokenizer(tmp_path))
+    enc = tok(["a red circle", ""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")
+    mask = padding_mask(enc.input_ids, tok.eos_token_id)
+    assert mask.shape == enc.input_ids.shape and mask.dtype == torch.long
+    assert mask.sum(1).tolist() == [5, 2]  # BOS a red circle EOS; BOS EOS
+
+
+def test_scene_mixes():
+    v1 = world.scenes(300, seed=7)
+    assert world.scenes(300, seed=7, **world.MIXES["v1"]) == v1  # the default distribution is v1's
+    v2 = world.scenes(2000, seed=7, **world.MIXES["v2"])
+    counts = np.bincount([len(s.objects) for s in v2], minlength=4)[1:] / len(v2)
+    np.testing.assert_allclose(counts, world.MIXES["v2"]["p_objects"], atol=0.04)
+    multi = [s for s in v2 if len(s.objects) > 1]
+    repeats = np.mean([len({o.shape for o in s.objects}) < len(s.objects) for s in multi])
+    assert repeats > 0.5  # 35% forced, plus the chance repeats
+    for s in v2:
+        assert len({o.colour for o in s.objects}) == len(s.objects)  # the ruler finds objects by colour
+        assert [(p["shape"], p["colour"]) for p in world.parse_caption(s.caption)] == \
+            [(o.shape, o.colour) for o in s.objects]
+
+
+def test_fine_tune_from_a_run(tmp_path):
+    """--init-from starts from the EMA weights with the same VAE, tokenizer and scaling factor; v2 mix and
+    padding mask train, resume exactly, and export says how to sample."""
+    from reprolib.shapes import train
+
+    base = ["--scenes", "64", "--batch", "4"]
+    train.main(["--out", str(tmp_path / "v1"), "--vae-steps", "2", "--unet-steps", "2"] + base)
+    v1 = torch.load(tmp_path / "v1" / "unet.pt")
+    v2 = base + ["--init-from", str(tmp_path / "v1"), "--mix", "v2", "--mask-padding"]
+    train.main(["--out", str(tmp_path / "same")] + v2 + ["--unet-steps", "1", "--lr", "0"])
+    same = torch.load(tmp_path / "same" / "unet.pt")
+    for k, v in v1["ema"]["unet"].items():  # no LR: the weights are the init's EMA weights
+        torch.testing.assert_close(same["unet"][k], v)
+        torch.testing.assert_close(same["ema"]["unet"][k], v)
+    assert (tmp_path / "same" / "vae.pt").read_bytes() == (tmp_path / "v1" / "vae.pt").read_bytes()
+    sf = torch.load(tmp_path / "v1" / "latents.pt")["scaling_factor"]
+    assert torch.load(tmp_path / "same" / "latents.pt")["scaling_factor"] == sf
+    assert torch.load(tmp_path / "same" / "data.pt")["mix"] == "v2"
+
+    sched = ["--lr", "3e-4", "--warmup", "1", "--decay-from", "1"]
+    train.main(["--out", str(tmp_path / "a")] + v2 + sched + ["--unet-steps", "3"])
+    train.main(["--out", str(tmp_path / "b")] + v2 + sched + ["--unet-steps", "2"])
+    train.main(["--out", str(tmp_path / "b")] + v2 + sched + ["--unet-steps", "3"])
+    a, b = torch.load(tmp_path / "a" / "unet.pt"), torch.load(tmp_path / "b" / "unet.pt")
+    assert a["step"] == b["step"] == 3
+    for k in a["unet"]:
+        torch.testing.assert_close(a["unet"][k], b["unet"][k])
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["mask_padding"] and run["mix"] == "v2" and len(run["commands"]) == 2
+    assert run["init_from"] == str(tmp_path / "v1") and run["scaling_factor"] == sf
+    train.main(["--out", str(tmp_path / "b"), "--export", str(tmp_path / "pipe")])
+    sampling = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
+    assert sampling == {"steps": 25, "guidance_scale": 5.0, "mask_padding": True}
+
+
+def test_masking_changes_the_loss_only_through_padding():
+    """With the mask, the UNet output does not depend on what the padding slots hold."""
+    from reprolib.shapes.model import build_unet
+    from reprolib.shapes.train import padding_mask
+
+    torch.manual_seed(0)
+    unet = build_unet().eval()
+    ids = torch.tensor([[0, 5, 6, 9, 9, 9, 9, 9]])
+    mask = padding_mask(ids, 9)
+    cond = torch.randn(1, 8, 64)
+    other = cond.clone()
+    other[:, 4:] = torch.randn(1, 4, 64)
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        a = unet(x, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+        b = unet(x, t, encoder_hidden_states=other, encoder_attention_mask=mask).sample
+        c = unet(x, t, encoder_hidden_states=other).sample
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)

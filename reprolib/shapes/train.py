@@ -3,6 +3,10 @@
     python -m reprolib.shapes.train --out runs/shapes                 # the shipped recipe (resumes if interrupted)
     python -m reprolib.shapes.train --out runs/shapes --unet-steps 16000 --decay-from 12000  # train on further
     python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights
+    # v2: fine-tune v1's EMA weights on the v2 scene mix with the padding slots masked in cross-attention
+    python -m reprolib.shapes.train --out runs/shapes_v2 --init-from checkpoints/shapes \
+        --scaling-factor 0.9965722560882568 --mix v2 --mask-padding --lr 3e-4 --warmup 100 --decay-from 100 \
+        --unet-steps 4000
 
 Every batch is drawn from a generator seeded by (seed, stage, step), so a resumed run sees the
 same batches and noise as one that never stopped. Checkpoints are written atomically.
@@ -14,6 +18,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,18 +49,33 @@ def _foreground(x: torch.Tensor) -> torch.Tensor:
     return ((x - bg).abs().sum(1, keepdim=True) > 0.05).to(x.dtype)
 
 
-def data(out: Path, n_scenes: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """Rendered training images and captions (cached; rebuilt identically from the seed)."""
+def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Cross-attention mask (B, L) for token ids (B, L): 1 up to and including the FIRST end-of-text
+    token of each row, 0 after it.
+
+    The tokenizer pads with the end-of-text id, and through the causal text encoder every padding slot
+    carries the whole caption, so unmasked they soak up attention and the nouns' maps stay uniform.
+    BOS and the first EOS stay visible (an empty caption keeps two slots). A row without EOS is all 1.
+    The library builds the same mask when sampling a pipeline whose ``reprolib.json`` says
+    ``"mask_padding": true``; pass it as ``UNet2DConditionModel(..., encoder_attention_mask=mask)``.
+    """
+    is_eos = ids == eos_id
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), ids.shape[1] - 1)
+    return (torch.arange(ids.shape[1], device=ids.device)[None, :] <= first[:, None]).long()
+
+
+def data(out: Path, n_scenes: int, seed: int, mix: str = "v1") -> tuple[torch.Tensor, list[str]]:
+    """Rendered training images and captions (cached; rebuilt identically from the seed and mix)."""
     path = out / "data.pt"
     if path.exists():
         d = torch.load(path)
-        if d["n"] == n_scenes and d["seed"] == seed:
+        if d["n"] == n_scenes and d["seed"] == seed and d.get("mix", "v1") == mix:
             return d["images"], d["captions"]
-    scenes = world.scenes(n_scenes, seed=seed, p_empty=0.1)
+    scenes = world.scenes(n_scenes, seed=seed, p_empty=0.1, **world.MIXES[mix])
     images = torch.cat([_images(scenes[i:i + 1000]) for i in tqdm(range(0, n_scenes, 1000), desc="render")])
     images = ((images + 1) * 127.5).round().to(torch.uint8)
     captions = [s.caption for s in scenes]
-    _save_atomic({"n": n_scenes, "seed": seed, "images": images, "captions": captions}, path)
+    _save_atomic({"n": n_scenes, "seed": seed, "mix": mix, "images": images, "captions": captions}, path)
     return images, captions
 
 
@@ -92,12 +112,14 @@ def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int
 
 
 @torch.no_grad()
-def encode_all(out: Path, vae, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Latent means and std-devs of all images, and the scaling factor that gives latents unit variance."""
+def encode_all(out: Path, vae, images: torch.Tensor, scaling_factor: float | None = None
+               ) -> tuple[torch.Tensor, float]:
+    """Latent means and std-devs of all images, and the scaling factor that gives latents unit variance
+    (or the given ``scaling_factor``: a fine-tuned UNet keeps the one it was trained with)."""
     path = out / "latents.pt"
     if path.exists():
         d = torch.load(path)
-        if len(d["mean"]) == len(images):
+        if len(d["mean"]) == len(images) and scaling_factor in (None, d["scaling_factor"]):
             return d, d["scaling_factor"]
     vae.eval()
     means, stds = [], []
@@ -105,16 +127,21 @@ def encode_all(out: Path, vae, images: torch.Tensor) -> tuple[torch.Tensor, floa
         dist = vae.encode(images[i:i + 500].float() / 127.5 - 1).latent_dist
         means.append(dist.mean.half()), stds.append(dist.std.half())
     d = {"mean": torch.cat(means), "std": torch.cat(stds)}
-    d["scaling_factor"] = float(1 / d["mean"].float().std())
+    d["scaling_factor"] = float(1 / d["mean"].float().std()) if scaling_factor is None else float(scaling_factor)
     _save_atomic(d, path)
     return d, d["scaling_factor"]
 
 
-def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_final: float) -> float:
+def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_final: float,
+                  warmup: int = 0) -> float:
     """Constant ``lr``, then (from step ``decay_from``) a cosine down to ``lr_final`` at the last step.
 
-    A function of the step alone, so a resumed run follows the same schedule as one that never stopped.
+    ``warmup`` > 0 ramps the LR linearly up over the first ``warmup`` steps (a fine-tune's fresh
+    optimizer has no moment estimates yet). A function of the step alone, so a resumed run follows
+    the same schedule as one that never stopped.
     """
+    if step < warmup:
+        return lr * (step + 1) / warmup
     if decay_from is None or step < decay_from or steps <= decay_from:
         return lr
     progress = (step - decay_from) / (steps - decay_from)
@@ -123,10 +150,16 @@ def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_f
 
 def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: int, seed: int,
                batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.999, decay_from: int | None = None,
-               lr_final: float = 5e-5):
+               lr_final: float = 5e-5, init: Path | None = None, mask_padding: bool = False, warmup: int = 0):
+    """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
+    a fresh optimizer); only used until this run has written its own checkpoint.
+    ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``)."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
     unet, text = build_unet(), build_text_encoder(tokenizer)
+    if init is not None and not ckpt.exists():
+        c0 = torch.load(init)
+        unet.load_state_dict(c0["ema"]["unet"]), text.load_state_dict(c0["ema"]["text"])
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
@@ -146,7 +179,7 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
     t0, running = time.time(), None
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final)
+            group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final, warmup)
         g = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + step)
         idx = torch.randint(0, len(ids), (batch,), generator=g)
         mean, std = latents["mean"][idx].float(), latents["std"][idx].float()
@@ -155,7 +188,8 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         xt = sched.add_noise(x0, noise, t)
         cond = text(ids[idx])[0]
-        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
+        mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -189,6 +223,9 @@ def export(out: Path, dest: Path) -> Path:
     meta = json.loads((out / "run.json").read_text())
     meta.update(unet_steps_done=c["step"], final_loss=c["history"][-1]["loss"] if c["history"] else None)
     (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
+    # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask)
+    sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
+    (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
 
 
@@ -203,7 +240,20 @@ def main(argv=None) -> None:
     p.add_argument("--decay-from", type=int, default=5000,
                    help="constant LR until this UNet step, then a cosine down to --lr-final at --unet-steps")
     p.add_argument("--lr-final", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-3, help="UNet + text encoder peak learning rate")
+    p.add_argument("--warmup", type=int, default=0, help="linear LR warm-up over this many UNet steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix", choices=sorted(world.MIXES), default="v1",
+                   help="scene distribution (world.MIXES): v1 = the shipped one; v2 = more multi-object "
+                        "scenes, a third of them repeating a shape in different colours")
+    p.add_argument("--mask-padding", action="store_true",
+                   help="mask the slots after the first end-of-text token in cross-attention (padding_mask)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="fine-tune: start UNet + text encoder from this run folder's EMA weights, with its "
+                        "tokenizer and frozen VAE (vae.pt copied; --vae-steps ignored) and a fresh optimizer")
+    p.add_argument("--scaling-factor", type=float, default=None,
+                   help="latent scaling factor to keep (with --init-from: default that folder's latents.pt; "
+                        "checkpoints/shapes has none: pass 0.9965722560882568, v1's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
     a = p.parse_args(argv)
@@ -221,16 +271,40 @@ def main(argv=None) -> None:
     run = {"command": command, "commands": commands + [command], "scenes": a.scenes, "vae_steps": a.vae_steps,
            "unet_steps": a.unet_steps, "batch": a.batch, "seed": a.seed, "decay_from": a.decay_from,
            "lr_final": a.lr_final}
-    (a.out / "run.json").write_text(json.dumps(run, indent=1))
+    # options beyond the v1 recipe are recorded only when used, so a v1 run's record is unchanged
+    if a.lr != 1e-3 or a.warmup:
+        run.update(lr=a.lr, warmup=a.warmup)
+    if a.mix != "v1":
+        run["mix"] = a.mix
+    if a.mask_padding:
+        run["mask_padding"] = True
     tok_dir = a.out / "tokenizer"
+    sf_keep = a.scaling_factor
+    if a.init_from:
+        init = a.init_from
+        init_run = json.loads((init / "run.json").read_text()) if (init / "run.json").exists() else {}
+        if sf_keep is None and (init / "latents.pt").exists():
+            sf_keep = torch.load(init / "latents.pt")["scaling_factor"]
+        if sf_keep is None:
+            p.error(f"--init-from {init}: no latents.pt there; pass --scaling-factor (the one its UNet used)")
+        run.update(init_from=str(init), init_step=torch.load(init / "unet.pt")["step"],
+                   init_commands=init_run.get("commands", []), scaling_factor=sf_keep)
+        if not (tok_dir / "vocab.json").exists():  # the text encoder's vocabulary comes with it
+            shutil.copytree(init / "tokenizer", tok_dir, dirs_exist_ok=True)
+        if not (a.out / "vae.pt").exists():  # the same frozen VAE: its latents are what the UNet knows
+            shutil.copyfile(init / "vae.pt", a.out / "vae.pt")
+    (a.out / "run.json").write_text(json.dumps(run, indent=1))
     # a resumed run keeps the tokenizer its text encoder was trained with
     tokenizer = load_tokenizer(tok_dir if (tok_dir / "vocab.json").exists() else save_tokenizer(tok_dir))
-    images, captions = data(a.out, a.scenes, a.seed)
-    vae = train_vae(a.out, images, a.vae_steps, a.seed)
-    latents, sf = encode_all(a.out, vae, images)
+    images, captions = data(a.out, a.scenes, a.seed, a.mix)
+    vae_steps = torch.load(a.out / "vae.pt")["step"] if a.init_from else a.vae_steps
+    vae = train_vae(a.out, images, vae_steps, a.seed)
+    latents, sf = encode_all(a.out, vae, images, sf_keep)
     print(f"latent scaling factor {sf:.4f}")
     _, _, _, history = train_unet(a.out, latents, captions, tokenizer, a.unet_steps, a.seed, batch=a.batch,
-                                  decay_from=a.decay_from, lr_final=a.lr_final)
+                                  lr=a.lr, decay_from=a.decay_from, lr_final=a.lr_final,
+                                  init=a.init_from / "unet.pt" if a.init_from else None,
+                                  mask_padding=a.mask_padding, warmup=a.warmup)
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
 

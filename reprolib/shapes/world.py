@@ -25,6 +25,15 @@ SIZE_MIDDLE = (SMALL_BELOW + BIG_ABOVE) / 2  # the line a measured "small"/"big"
 # area of a shape of half-extent s is AREA_FACTOR[shape] * s**2
 AREA_FACTOR = {"circle": np.pi, "square": 4.0, "triangle": 2.0}
 WORDS = ("a", "and", "small", "big", *PALETTE, *SHAPES)
+P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 training mix)
+# Scene distributions the trainer can pick by name (``--mix``): keyword arguments of ``random_scene``.
+# v2 shifts weight to two- and three-object scenes and makes a third of multi-object scenes repeat a
+# shape in different colours ("a red circle and a blue circle"), so that which colour, shape and size
+# go with which object has to be bound per object rather than read off the caption as a bag of words.
+MIXES = {
+    "v1": {},
+    "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
+}
 
 
 @dataclass(frozen=True)
@@ -82,16 +91,26 @@ def _overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
     return not (ax1 + margin < bx0 or bx1 + margin < ax0 or ay1 + margin < by0 or by1 + margin < ay0)
 
 
-def random_objects(rng: np.random.Generator, n: int, res: int = RES) -> tuple[Obj, ...]:
-    """``n`` non-overlapping objects of distinct colours, fully inside the image."""
+def random_objects(rng: np.random.Generator, n: int, res: int = RES,
+                   repeat_shape: bool = False) -> tuple[Obj, ...]:
+    """``n`` non-overlapping objects of distinct colours, fully inside the image.
+
+    ``repeat_shape`` (needs ``n >= 2``): two of the objects, at random places in the list, share one
+    shape (the others' shapes stay random, so a three-object scene may repeat it three times).
+    """
     colours = rng.choice(list(PALETTE), size=n, replace=False)
+    fixed: dict[int, str] = {}
+    if repeat_shape and n >= 2:
+        shape = str(rng.choice(SHAPES))
+        fixed = {int(i): shape for i in rng.choice(n, size=2, replace=False)}
     objs: list[Obj] = []
-    for colour in colours:
+    for k, colour in enumerate(colours):
         for _ in range(200):
             size = float(rng.uniform(*SIZE_RANGE))
             # later objects get a little smaller on failure so three always fit
             cx, cy = rng.uniform(size + 1, res - size - 1, size=2)
-            o = Obj(str(rng.choice(SHAPES)), str(colour), size, float(cx), float(cy))
+            shape = fixed[k] if k in fixed else str(rng.choice(SHAPES))
+            o = Obj(shape, str(colour), size, float(cx), float(cy))
             if not any(_overlaps(o, p) for p in objs):
                 objs.append(o)
                 break
@@ -101,9 +120,14 @@ def random_objects(rng: np.random.Generator, n: int, res: int = RES) -> tuple[Ob
 
 
 def random_scene(rng: np.random.Generator, n_objects: int | None = None, p_empty: float = 0.0,
-                 p_drop_size: float = 0.2) -> Scene:
-    n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
-    objs = random_objects(rng, n)
+                 p_drop_size: float = 0.2, p_objects: tuple[float, float, float] = P_OBJECTS,
+                 p_repeat_shape: float = 0.0) -> Scene:
+    """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
+    ``p_repeat_shape``: chance that a multi-object scene repeats a shape (colours stay distinct).
+    With the defaults the random stream, and so every scene, is the v1 one."""
+    n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=list(p_objects)))
+    repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
+    objs = random_objects(rng, n, repeat_shape=repeat)
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)
     return Scene(objs, caption)
 
