@@ -35,11 +35,16 @@ class Tokens:
 
 @dataclass
 class Embeddings:
-    """Token-wise text states per encoder, each (batch, tokens, dim), and the pooled embedding."""
+    """Token-wise text states per encoder, each (batch, tokens, dim), and the pooled embedding.
+
+    ``mask`` (batch, tokens): which token slots cross-attention may read, for models trained with the
+    padding masked (:func:`padding_mask`); None for SD, SDXL and every model that reads all slots.
+    """
 
     states: dict[str, torch.Tensor]
     pooled: torch.Tensor | None = None
     tokens: list[Tokens] = field(default_factory=list)
+    mask: torch.Tensor | None = None
 
     def context(self) -> torch.Tensor:
         """What the UNet's cross-attention reads: the states concatenated along features."""
@@ -47,19 +52,42 @@ class Embeddings:
 
     def clone(self) -> Embeddings:
         return Embeddings({k: v.clone() for k, v in self.states.items()},
-                          None if self.pooled is None else self.pooled.clone(), list(self.tokens))
+                          None if self.pooled is None else self.pooled.clone(), list(self.tokens), self.mask)
 
     @staticmethod
     def cat(items: list[Embeddings]) -> Embeddings:
         pooled = None if items[0].pooled is None else torch.cat([e.pooled for e in items])
+        masks = [e.mask for e in items]
+        if any(m is None for m in masks) and not all(m is None for m in masks):
+            raise ValueError("cannot batch embeddings with and without a padding mask (made by different models?)")
         return Embeddings({k: torch.cat([e.states[k] for e in items]) for k in items[0].states}, pooled,
-                          [t for e in items for t in e.tokens])
+                          [t for e in items for t in e.tokens], None if masks[0] is None else torch.cat(masks))
 
     def __getitem__(self, i) -> Embeddings:
         sl = slice(i, i + 1) if isinstance(i, int) else i
         toks = self.tokens[sl] if self.tokens else []
         return Embeddings({k: v[sl] for k, v in self.states.items()},
-                          None if self.pooled is None else self.pooled[sl], toks)
+                          None if self.pooled is None else self.pooled[sl], toks,
+                          None if self.mask is None else self.mask[sl])
+
+    def repeat(self, n: int) -> Embeddings:
+        """Each row ``n`` times (rows stay in order: r0, r0, …, r1, r1, …)."""
+        return Embeddings({k: v.repeat_interleave(n, 0) for k, v in self.states.items()},
+                          None if self.pooled is None else self.pooled.repeat_interleave(n, 0),
+                          [t for t in self.tokens for _ in range(n)],
+                          None if self.mask is None else self.mask.repeat_interleave(n, 0))
+
+
+def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(batch, tokens) 1 up to and including the first end-of-text token, 0 on the padding after it.
+
+    Models trained with this mask (the shapes world v2) cannot park a caption's meaning in the padding
+    slots, so each word's own token carries it. An empty caption keeps its start and end tokens.
+    """
+    ids = torch.as_tensor(ids)
+    is_eos = ids == eos_id
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(ids[:, 0], ids.shape[1] - 1))
+    return (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
 
 
 def _encoder_name(text_encoder) -> str:
@@ -78,6 +106,8 @@ class TextConditioning:
                              "openclip_g": (pipe.tokenizer_2, pipe.text_encoder_2)}
         else:
             self.encoders = {_encoder_name(pipe.text_encoder): (pipe.tokenizer, pipe.text_encoder)}
+        # a model trained with its padding masked must be sampled the same way (its folder's reprolib.json says so)
+        self.mask_padding = bool((getattr(pipe, "reprolib_defaults", None) or {}).get("mask_padding", False))
 
     @property
     def dims(self) -> dict[str, int]:
@@ -131,14 +161,19 @@ class TextConditioning:
                 pooled = out[0]  # the last encoder's projected pooled output (text_embeds)
             else:
                 states[name] = enc(ids)[0]
-        return Embeddings(states, pooled, [self.tokenize(t) for t in texts])
+        tokens = [self.tokenize(t) for t in texts]
+        mask = None
+        if self.mask_padding:
+            ids = torch.tensor([t.ids for t in tokens], device=self.device)
+            mask = padding_mask(ids, self.tokenizer.eos_token_id)
+        return Embeddings(states, pooled, tokens, mask)
 
     def encode_negative(self, negative: str | None, batch: int = 1) -> Embeddings:
         """The unconditional branch; SDXL uses zeros for an absent negative prompt, as its pipeline does."""
         if negative is None and self.family == "sdxl" and self.pipe.config.get("force_zeros_for_empty_prompt", True):
             e = self.encode([""] * batch)
             return Embeddings({k: torch.zeros_like(v) for k, v in e.states.items()}, torch.zeros_like(e.pooled),
-                              e.tokens)
+                              e.tokens, e.mask)
         return self.encode([negative or ""] * batch)
 
     def added_cond(self, emb: Embeddings, height: int, width: int) -> dict | None:
@@ -159,4 +194,6 @@ class TextConditioning:
         added = self.added_cond(emb, height, width)
         if added:
             added = {k: v.to(dtype) for k, v in added.items()}
+        if emb.mask is not None:
+            kwargs["encoder_attention_mask"] = emb.mask.to(latents.device)
         return unet(latents.to(dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added, **kwargs).sample

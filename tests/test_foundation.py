@@ -204,3 +204,22 @@ def test_stop_and_resume_equals_one_call(sd15, scheduler):
         generate(sd15, "a red circle", resume=part, seed=4, steps=6)
     with pytest.raises(ValueError, match="until"):
         generate(sd15, "a red circle", until=9, seed=4, steps=5)
+
+
+def test_a_model_trained_with_masked_padding_is_sampled_with_the_same_mask(sd15):
+    """reprolib.json's mask_padding: the UNet then ignores the slots after the first end-of-text token."""
+    sd15.reprolib_defaults = {"mask_padding": True}
+    cond = TextConditioning(sd15)
+    emb = cond.encode(["a red circle", ""])
+    n = len(cond.tokenize("a red circle").tokens[:5])
+    assert emb.mask is not None and emb.mask[0, :5].tolist() == [1, 1, 1, 1, 1][:n] and emb.mask[0, -1] == 0
+    assert emb.mask[1].sum() == 2  # an empty caption keeps its start and end tokens
+    x = torch.randn(2, 4, 8, 8)
+    t = sd15.scheduler.timesteps[0] if len(sd15.scheduler.timesteps) else torch.tensor(999)
+    out = cond.unet(x, t, emb)
+    noisy = emb.clone()
+    for k in noisy.states:
+        noisy.states[k] = noisy.states[k] + 100 * (1 - emb.mask[..., None]) * torch.randn_like(noisy.states[k])
+    assert torch.allclose(cond.unet(x, t, noisy), out, atol=1e-5)
+    sd15.reprolib_defaults = {}
+    assert TextConditioning(sd15).encode("a red circle").mask is None

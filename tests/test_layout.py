@@ -195,15 +195,16 @@ def test_guided_generation_differs_from_unguided(any_tiny):
 
 def test_without_reset_guidance_stops_after_the_first_threshold_hit(sd15):
     cond, emb, x = _setup(sd15, steps=4)
-    runs = {}
+    runs, moved = {}, {}
     for reset in (True, False):
         g = _guidance(cond, emb, max_iters=5, loss_threshold=1.0, guidance_steps=3, reset_each_step=reset)
-        with g:  # E ≤ 1 always: the first evaluation of each step hits the threshold
-            for i, t in enumerate(sd15.scheduler.timesteps):
-                assert torch.equal(g.before_step(i, t, x, emb), x)
+        with g:  # E ≤ 1 always: the first evaluation of each step is under the threshold
+            moved[reset] = [not torch.equal(g.before_step(i, t, x, emb), x)
+                            for i, t in enumerate(sd15.scheduler.timesteps)]
         runs[reset] = [h["step"] for h in g.history]
-    assert runs[True] == [0, 1, 2]
-    assert runs[False] == [0]
+    assert runs[True] == [0, 1, 2] and moved[True] == [False] * 4  # measured afresh: never above, no update
+    # the official loop: its first evaluation makes its update whatever the energy, then it stops for good
+    assert runs[False] == [0] and moved[False] == [True, False, False, False]
 
 
 def test_guidance_only_in_the_first_steps(sd15):

@@ -134,7 +134,7 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
 
 
 def test_padding_mask_covers_up_to_the_first_eos(tmp_path):
-    from reprolib.shapes.train import padding_mask
+    from reprolib.conditioning import padding_mask
 
     ids = torch.tensor([[0, 5, 6, 9, 9, 9], [0, 9, 9, 9, 9, 9], [0, 1, 2, 3, 4, 5]])
     assert padding_mask(ids, eos_id=9).tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1] * 6]
@@ -197,8 +197,8 @@ def test_fine_tune_from_a_run(tmp_path):
 
 def test_masking_changes_the_loss_only_through_padding():
     """With the mask, the UNet output does not depend on what the padding slots hold."""
+    from reprolib.conditioning import padding_mask
     from reprolib.shapes.model import build_unet
-    from reprolib.shapes.train import padding_mask
 
     torch.manual_seed(0)
     unet = build_unet().eval()

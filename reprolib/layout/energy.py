@@ -12,7 +12,9 @@ def layout_energy(maps: Sequence[torch.Tensor], targets: Sequence[Target], per_i
     """The paper's energy: mean over maps and phrases of (1 − Σ_box A / Σ A)², then over the batch.
 
     ``maps``: tensors (batch, heads, h, w, tokens); A is the phrase's attention, averaged over
-    heads and its tokens. (The official code instead averages the energy of each head and token.)
+    heads and its tokens. (The official code instead averages the energy of each head and token, and
+    rounds box edges down to cells; on the shapes world the two differ by 0.01-0.04 in E, see
+    ``benchmarks/differences.py`` and :mod:`reprolib.evaluation.energy_variants`.)
     0 when all of a phrase's attention is inside its box, 1 when none is. ``per_image``: return
     one energy per image (batch,) instead of their mean, so each image is guided on its own.
     """

@@ -29,10 +29,12 @@ class LayoutConfig:
     the energy is above ``loss_threshold``, during the first ``guidance_steps`` steps. ``layers``:
     as :func:`reprolib.attention.select_layers`; ``None`` is
     :func:`reprolib.attention.default_layers` (mid block + first cross-attention up block).
-    ``reset_each_step``: measure the energy afresh every step. ``False`` copies the official code,
-    whose loss variable is never reset, so once the energy falls under the threshold guidance stops
-    for good. ``mode``: ``"backward"`` (the method) or ``"forward"`` (the baseline; strength
-    ``forward_strength`` = λ). ``gradient_checkpointing`` trades compute for memory in the guidance pass.
+    ``reset_each_step``: measure the energy afresh every step and update only while it is above the
+    threshold. ``False`` does exactly what the official loop does: its loss variable is never reset and
+    the loop tests the loss of the *previous* evaluation, so every evaluation makes its update (also the
+    one that first falls under the threshold), and after that the image is never guided again.
+    ``mode``: ``"backward"`` (the method) or ``"forward"`` (the baseline; strength ``forward_strength`` = λ).
+    ``gradient_checkpointing`` trades compute for memory in the guidance pass.
     """
 
     eta: float = 30.0
@@ -106,7 +108,7 @@ class LayoutGuidance:
         unet = cond.pipe.unet
         self.layers = select_layers(unet, "default" if self.config.layers is None else self.config.layers)
         self.history: list[dict] = []
-        self._done = False
+        self._last: torch.Tensor | None = None  # never-reset mode: each image's last energy
         self._checkpointing_was = None
         if self.config.mode == "forward":
             self.listener = ForwardBias(self.targets, self.config.forward_strength, aspect=height / width)
@@ -168,14 +170,36 @@ class LayoutGuidance:
         if self.config.mode == "forward":
             self.listener.active = i < self.config.guidance_steps
             return latents
-        if i >= self.config.guidance_steps or (self._done and not self.config.reset_each_step):
+        if i >= self.config.guidance_steps:
             return latents
         return self._backward_step(i, t, latents, cond_embeddings)
+
+    def _active(self, values: torch.Tensor) -> torch.Tensor:
+        """Which images this evaluation updates.
+
+        Reset each step (default): those whose energy, just measured, is above the threshold. Never reset
+        (the official loop): those whose *previous* evaluation was above it — the loop tests the loss it
+        computed last, so the evaluation that first falls under the threshold still makes its update, and
+        after that the image is never guided again (its last energy is kept across steps).
+        """
+        threshold = self.config.loss_threshold
+        if self.config.reset_each_step:
+            return values > threshold
+        active = torch.ones_like(values, dtype=torch.bool) if self._last is None else self._last > threshold
+        self._last = values if self._last is None else torch.where(active, values, self._last)
+        return active
+
+    def _finished(self) -> bool:
+        """Never-reset mode: every image's last energy is under the threshold, so guidance is over."""
+        return (not self.config.reset_each_step and self._last is not None
+                and not bool((self._last > self.config.loss_threshold).any()))
 
     def _backward_step(self, i: int, t, latents: torch.Tensor, cond_embeddings: Embeddings) -> torch.Tensor:
         """Up to ``max_iters`` gradient steps on the latents while an image's energy is above the threshold."""
         cfg, sched = self.config, self.cond.pipe.scheduler
         for it in range(cfg.max_iters):
+            if self._finished():
+                break
             x = latents.detach().requires_grad_(True)
             e = self.energy(x, t, cond_embeddings, step=i, per_image=True)
             values = e.detach().float()
@@ -186,11 +210,10 @@ class LayoutGuidance:
                 warnings.warn(f"layout guidance: energy is {value} at step {i}, iteration {it}; update skipped "
                               "(try float32 or a smaller eta)", RuntimeWarning, stacklevel=3)
                 break
-            # each image is guided until its own energy is under the threshold (images never interact in
-            # the UNet, so masking its energy out of the sum leaves the others' gradients unchanged)
-            active = values > cfg.loss_threshold
+            # each image is guided on its own (images never interact in the UNet, so masking its energy
+            # out of the sum leaves the others' gradients unchanged)
+            active = self._active(values)
             if not active.any():
-                self._done = True
                 break
             grad = self._gradient(cfg.eta * (e * active.to(e.dtype)).sum(), x)
             if not torch.isfinite(grad).all():

@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -28,15 +27,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..conditioning import padding_mask
+from ..files import atomic_write
 from . import world
 from .model import assemble, build_text_encoder, build_unet, build_vae, training_scheduler
 from .tokenizer import load_tokenizer, save_tokenizer
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # never leave a half-written checkpoint behind
 
 
 def _images(scenes) -> torch.Tensor:
@@ -47,21 +46,6 @@ def _images(scenes) -> torch.Tensor:
 def _foreground(x: torch.Tensor) -> torch.Tensor:
     bg = torch.tensor(world.BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 127.5 - 1
     return ((x - bg).abs().sum(1, keepdim=True) > 0.05).to(x.dtype)
-
-
-def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Cross-attention mask (B, L) for token ids (B, L): 1 up to and including the FIRST end-of-text
-    token of each row, 0 after it.
-
-    The tokenizer pads with the end-of-text id, and through the causal text encoder every padding slot
-    carries the whole caption, so unmasked they soak up attention and the nouns' maps stay uniform.
-    BOS and the first EOS stay visible (an empty caption keeps two slots). A row without EOS is all 1.
-    The library builds the same mask when sampling a pipeline whose ``reprolib.json`` says
-    ``"mask_padding": true``; pass it as ``UNet2DConditionModel(..., encoder_attention_mask=mask)``.
-    """
-    is_eos = ids == eos_id
-    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), ids.shape[1] - 1)
-    return (torch.arange(ids.shape[1], device=ids.device)[None, :] <= first[:, None]).long()
 
 
 def data(out: Path, n_scenes: int, seed: int, mix: str = "v1") -> tuple[torch.Tensor, list[str]]:
@@ -229,7 +213,7 @@ def export(out: Path, dest: Path) -> Path:
     return Path(dest)
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/shapes"), help="run folder (checkpoints, caches)")
     # the defaults are the recipe of the shipped weights
@@ -256,16 +240,13 @@ def main(argv=None) -> None:
                         "checkpoints/shapes has none: pass 0.9965722560882568, v1's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
-    a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    if a.export:
-        print(f"exported to {export(a.out, a.export)}")
-        return
+    return p
+
+
+def _record(a, argv) -> dict:
+    """run.json's content: every command that built the run (oldest first) and the recipe's settings."""
     args = sys.argv[1:] if argv is None else argv
     command = "python -m reprolib.shapes.train " + " ".join(args)
-    # a run resumed or extended several times keeps every command that built it, oldest first
     past = json.loads((a.out / "run.json").read_text()) if (a.out / "run.json").exists() else {}
     commands = past.get("commands", [past["command"]] if "command" in past else [])
     run = {"command": command, "commands": commands + [command], "scenes": a.scenes, "vae_steps": a.vae_steps,
@@ -278,6 +259,19 @@ def main(argv=None) -> None:
         run["mix"] = a.mix
     if a.mask_padding:
         run["mask_padding"] = True
+    return run
+
+
+def main(argv=None) -> None:
+    p = parser()
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.export:
+        print(f"exported to {export(a.out, a.export)}")
+        return
+    run = _record(a, argv)
     tok_dir = a.out / "tokenizer"
     sf_keep = a.scaling_factor
     if a.init_from:
