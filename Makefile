@@ -26,5 +26,6 @@ notebooks: env
 # ruff (lint + format) first: it takes a second and names the file and line
 test: env
 	$(VENV)/bin/ruff check reprolib tests benchmarks tools
+	$(VENV)/bin/ruff format --check reprolib tests benchmarks tools
 	$(PY) tools/fetch_clip_vocab.py || echo "no CLIP BPE vocabulary: the tests that need it will skip"
 	$(PY) -m pytest -q tests notebooks --nbval-lax --sanitize-with notebooks/sanitize.cfg

@@ -7,6 +7,7 @@
 Prints Spearman ρ(α, area of the edited object) over α ∈ [−1, 2] (mean over seeds, and of the mean
 curve), and the leak: the bystander's area change ÷ the edited object's, in "a red circle and a blue square".
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -19,12 +20,21 @@ from reprolib.evaluation import deltas as probes
 
 
 def report(name: str, pipe, delta, seeds) -> dict:
-    sweep = probes.size_sweep(pipe, delta, "a red circle and a blue square", "circle", target=("red", "circle"),
-                              other=("blue", "square"), seeds=seeds)
+    sweep = probes.size_sweep(
+        pipe,
+        delta,
+        "a red circle and a blue square",
+        "circle",
+        target=("red", "circle"),
+        other=("blue", "square"),
+        seeds=seeds,
+    )
     solo = probes.size_sweep(pipe, delta, "a red circle", "circle", target=("red", "circle"), seeds=seeds)
     row = {"rho_alone": solo.rho(), "rho_pair": sweep.rho(), "rho_of_mean": sweep.rho_of_mean(), "leak": sweep.leak()}
-    print(f"{name:<22} ρ alone {row['rho_alone']:.2f} | ρ in pair {row['rho_pair']:.2f} "
-          f"(of mean curve {row['rho_of_mean']:.2f}) | leak to the square {row['leak']:.2f}")
+    print(
+        f"{name:<22} ρ alone {row['rho_alone']:.2f} | ρ in pair {row['rho_pair']:.2f} "
+        f"(of mean curve {row['rho_of_mean']:.2f}) | leak to the square {row['leak']:.2f}"
+    )
     return row
 
 
@@ -37,9 +47,11 @@ def slider_timing(pipe, delta, rounds: int = 3) -> None:
     """
     prompt, spec = "a red circle and a blue square", [(delta, "circle", "size")]
     default = torch.get_num_threads()
-    sliders = {(shared, threads): reprolib.attribute_slider(pipe, prompt, spec, seed=0, share_prefix=shared,
-                                                            threads=threads)
-               for shared in (True, False) for threads in (1, default)}
+    sliders = {
+        (shared, threads): reprolib.attribute_slider(pipe, prompt, spec, seed=0, share_prefix=shared, threads=threads)
+        for shared in (True, False)
+        for threads in (1, default)
+    }
     for s in sliders.values():
         s.render((0.0,))  # warm-up; a sharing slider computes its first steps here, once
     fresh = {k: [] for k in sliders}
@@ -59,10 +71,14 @@ def slider_timing(pipe, delta, rounds: int = 3) -> None:
         cached.append(time.perf_counter() - t)
     print(f"slider, new frame (median of {len(alphas)}; bar ≤ 1 s on 2 CPU cores):")
     for (shared, threads), v in fresh.items():
-        print(f"  first steps {'shared    ' if shared else 'recomputed'}  {threads} thread{'s' * (threads > 1)}: "
-              f"{float(np.median(v)):.2f} s")
-    print(f"  cached frame: {1000 * float(np.median(cached)):.1f} ms; largest pixel difference between thread "
-          f"counts: {worst} of 255")
+        print(
+            f"  first steps {'shared    ' if shared else 'recomputed'}  {threads} thread{'s' * (threads > 1)}: "
+            f"{float(np.median(v)):.2f} s"
+        )
+    print(
+        f"  cached frame: {1000 * float(np.median(cached)):.1f} ms; largest pixel difference between thread "
+        f"counts: {worst} of 255"
+    )
 
 
 def main() -> None:

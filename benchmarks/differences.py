@@ -10,6 +10,7 @@
    token (the original), on a config whose phrases end in "... and a blue square": circle area growth
    at α = 1.5 on "a red circle".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,18 @@ from reprolib.pipelines import load_pipeline
 from reprolib.prompts import load_config
 
 BOXES = {"top-left (on cell edges)": (0.0, 0.0, 0.5, 0.5), "centre-left (off cell edges)": (0.05, 0.25, 0.55, 0.75)}
-PAIR_CONFIG = {"tag": "shapes/size-pair", "prefixes": ["a"], "prompts": [
-    {"prompt_target": "red circle and a blue square", "prompt_positive": "big red circle and a blue square",
-     "prompt_negative": "small red circle and a blue square", "pattern_target": "circle"}]}
+PAIR_CONFIG = {
+    "tag": "shapes/size-pair",
+    "prefixes": ["a"],
+    "prompts": [
+        {
+            "prompt_target": "red circle and a blue square",
+            "prompt_positive": "big red circle and a blue square",
+            "prompt_negative": "small red circle and a blue square",
+            "pattern_target": "circle",
+        }
+    ],
+}
 
 
 def main() -> None:
@@ -43,14 +53,18 @@ def main() -> None:
         assert v["check"] < 1e-6, "the written-out energy must equal reprolib.layout.layout_energy"
         print(f"{name:<30}{v['reprolib']:12.4f}{v['per head']:14.4f}{v['int() edges']:17.4f}{v['official']:14.4f}")
     cfg = load_config(PAIR_CONFIG)
-    print("\noptimization-free size delta from 'big/small red circle and a blue square', applied to 'circle' "
-          f"of 'a red circle' ({a.seeds} seeds):")
+    print(
+        "\noptimization-free size delta from 'big/small red circle and a blue square', applied to 'circle' "
+        f"of 'a red circle' ({a.seeds} seeds):"
+    )
     for token in ("subject", "last"):
         d = contrastive_delta(pipe, cfg, token=token)
         sw = size_sweep(pipe, d, "a red circle", "circle", ("red", "circle"), alphas=(0.0, 1.5), seeds=range(a.seeds))
         grow = float(np.nanmean(sw.target[1]) - np.nanmean(sw.target[0]))
-        print(f"token={token!r:<10} |Δ| = {d.norm():.3f}   circle area {np.nanmean(sw.target[0]):.0f} → "
-              f"{np.nanmean(sw.target[1]):.0f} px ({grow:+.0f})")
+        print(
+            f"token={token!r:<10} |Δ| = {d.norm():.3f}   circle area {np.nanmean(sw.target[0]):.0f} → "
+            f"{np.nanmean(sw.target[1]):.0f} px ({grow:+.0f})"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ runs where the ruler found it), how often it was found, seconds per image and th
 Then the cost of diffusers' Attend-and-Excite pipeline on the same model against the plain pipeline.
 All timings of one table come from one run with the methods interleaved seed by seed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,16 @@ def parse_layers(text: str | None):
     return [int(p) if p.strip().isdigit() else p.strip() for p in text.split(",") if p.strip()]
 
 
-def attend_and_excite_cost(pipe, prompt: str, nouns: list[str], seeds, steps: int, guidance_scale: float,
-                           warmup: bool = True, refine: bool = True) -> dict:
+def attend_and_excite_cost(
+    pipe,
+    prompt: str,
+    nouns: list[str],
+    seeds,
+    steps: int,
+    guidance_scale: float,
+    warmup: bool = True,
+    refine: bool = True,
+) -> dict:
     """Seconds per image of diffusers' Attend-and-Excite pipeline and of the plain pipeline, interleaved.
 
     Built from the loaded pipeline's components (no new weights). Its defaults assume 50 steps
@@ -59,8 +68,11 @@ def attend_and_excite_cost(pipe, prompt: str, nouns: list[str], seeds, steps: in
     cond = TextConditioning(pipe)
     if cond.family != "sd":
         raise ValueError("Attend-and-Excite has an SD 1.x/2.x pipeline only")
-    parts = {k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler",
-                                                                   "safety_checker", "feature_extractor")}
+    parts = {
+        k: v
+        for k, v in pipe.components.items()
+        if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "safety_checker", "feature_extractor")
+    }
     ae = StableDiffusionAttendAndExcitePipeline(**parts, requires_safety_checker=False)
     ae.set_progress_bar_config(disable=True)
     tokens = cond.tokenize(prompt)
@@ -72,8 +84,12 @@ def attend_and_excite_cost(pipe, prompt: str, nouns: list[str], seeds, steps: in
     thresholds = {}
     for k, v in {0: 0.05, 10: 0.5, 20: 0.8}.items():  # official steps of 50; on collisions keep the first
         thresholds.setdefault(round(k * steps / 50), v)
-    ae_kw = dict(token_indices=indices, attn_res=(res, res), max_iter_to_alter=round(steps / 2),
-                 thresholds=thresholds if refine else {})
+    ae_kw = dict(
+        token_indices=indices,
+        attn_res=(res, res),
+        max_iter_to_alter=round(steps / 2),
+        thresholds=thresholds if refine else {},
+    )
     times = {"plain": [], "attend-and-excite": []}
     order = ([seeds[0]] if warmup else []) + list(seeds)  # a warm-up run is not timed
     saved = dict(pipe.unet.attn_processors)  # A&E swaps them and restores them only when it finishes
@@ -91,8 +107,14 @@ def attend_and_excite_cost(pipe, prompt: str, nouns: list[str], seeds, steps: in
     finally:
         pipe.unet.set_attn_processor(saved)
     plain, excite = (sum(v) / len(v) for v in times.values())
-    return {"plain_s": plain, "attend_and_excite_s": excite, "ratio": excite / plain, "token_indices": indices,
-            "attn_res": res, "seeds": len(seeds)}
+    return {
+        "plain_s": plain,
+        "attend_and_excite_s": excite,
+        "ratio": excite / plain,
+        "token_indices": indices,
+        "attn_res": res,
+        "seeds": len(seeds),
+    }
 
 
 def main(argv=None) -> dict:
@@ -102,22 +124,35 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's, 25 for shapes)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--eta", type=float, default=None, help=f"loss scale η (default {LayoutConfig.eta:g})")
-    p.add_argument("--layers", default=None,
-                   help="guidance layers: map sides or patterns, e.g. '8', '8,16', 'mid,up.1' (default: mid + "
-                        "first cross-attention up block)")
+    p.add_argument(
+        "--layers",
+        default=None,
+        help="guidance layers: map sides or patterns, e.g. '8', '8,16', 'mid,up.1' (default: mid + "
+        "first cross-attention up block)",
+    )
     p.add_argument("--guidance-steps", type=int, default=LayoutConfig.guidance_steps)
     p.add_argument("--max-iters", type=int, default=LayoutConfig.max_iters)
     p.add_argument("--threshold", type=float, default=LayoutConfig.loss_threshold)
     p.add_argument("--strength", type=float, default=LayoutConfig.forward_strength, help="λ of forward guidance")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated subset of: unguided, backward, 'backward, never reset' as 'never-reset', "
-                        "forward (default: all)")
-    p.add_argument("--cases", default=None,
-                   help="comma-separated parts of case names to keep, e.g. 'top-left,both' (default: all: "
-                        + "; ".join(c.name for c in DEFAULT_CASES) + ")")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of: unguided, backward, 'backward, never reset' as 'never-reset', "
+        "forward (default: all)",
+    )
+    p.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated parts of case names to keep, e.g. 'top-left,both' (default: all: "
+        + "; ".join(c.name for c in DEFAULT_CASES)
+        + ")",
+    )
     p.add_argument("--ae-seeds", type=int, default=8, help="seeds for the Attend-and-Excite timing (0: skip it)")
-    p.add_argument("--ae-no-refine", action="store_true",
-                   help="Attend-and-Excite without its iterative refinement (the lower bound of its cost)")
+    p.add_argument(
+        "--ae-no-refine",
+        action="store_true",
+        help="Attend-and-Excite without its iterative refinement (the lower bound of its cost)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
     a = p.parse_args(argv)
 
@@ -127,8 +162,14 @@ def main(argv=None) -> dict:
     pipe = load(a.model)
     d_steps, d_cfg = defaults(pipe)
     steps, cfg = a.steps or d_steps, d_cfg if a.cfg is None else a.cfg
-    configs = methods(a.eta, parse_layers(a.layers), guidance_steps=a.guidance_steps, max_iters=a.max_iters,
-                      loss_threshold=a.threshold, forward_strength=a.strength)
+    configs = methods(
+        a.eta,
+        parse_layers(a.layers),
+        guidance_steps=a.guidance_steps,
+        max_iters=a.max_iters,
+        loss_threshold=a.threshold,
+        forward_strength=a.strength,
+    )
     if a.methods:
         alias = {"never-reset": "backward, never reset"}
         wanted = [alias.get(m.strip(), m.strip()) for m in a.methods.split(",") if m.strip()]
@@ -144,30 +185,49 @@ def main(argv=None) -> dict:
             p.error(f"--cases {a.cases!r} matches none of: {', '.join(c.name for c in DEFAULT_CASES)}")
     cfg0 = next((c for c in configs.values() if c is not None), LayoutConfig())
     layers = select_layers(pipe.unet, "default" if cfg0.layers is None else cfg0.layers)
-    print(f"layout guidance on {a.model}: {a.seeds} seeds × {len(cases)} cases, {steps} steps, "
-          f"cfg {cfg}, {type(pipe.scheduler).__name__}, η {cfg0.eta:g}, {cfg0.max_iters} iters × "
-          f"{cfg0.guidance_steps} steps, threshold {cfg0.loss_threshold:g}, λ {cfg0.forward_strength:g}")
+    print(
+        f"layout guidance on {a.model}: {a.seeds} seeds × {len(cases)} cases, {steps} steps, "
+        f"cfg {cfg}, {type(pipe.scheduler).__name__}, η {cfg0.eta:g}, {cfg0.max_iters} iters × "
+        f"{cfg0.guidance_steps} steps, threshold {cfg0.loss_threshold:g}, λ {cfg0.forward_strength:g}"
+    )
     print(f"guidance layers: {', '.join(layers)}")
     t0 = time.perf_counter()
-    table = layout_probe(pipe, cases, range(a.seeds), configs=configs, steps=steps, guidance_scale=cfg,
-                         log=lambda s: print(s, file=sys.stderr, flush=True))
+    table = layout_probe(
+        pipe,
+        cases,
+        range(a.seeds),
+        configs=configs,
+        steps=steps,
+        guidance_scale=cfg,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
     print()
     print(table.format())
-    out = {"model": a.model, "steps": steps, "cfg": cfg, "layers": layers, "config": vars(cfg0).copy(),
-           **table.as_dict(), "probe_seconds": time.perf_counter() - t0}
+    out = {
+        "model": a.model,
+        "steps": steps,
+        "cfg": cfg,
+        "layers": layers,
+        "config": vars(cfg0).copy(),
+        **table.as_dict(),
+        "probe_seconds": time.perf_counter() - t0,
+    }
     if a.ae_seeds > 0:
         try:
-            ae = attend_and_excite_cost(pipe, PAIR, ["circle", "square"], list(range(a.ae_seeds)), steps, cfg,
-                                        refine=not a.ae_no_refine)
+            ae = attend_and_excite_cost(
+                pipe, PAIR, ["circle", "square"], list(range(a.ae_seeds)), steps, cfg, refine=not a.ae_no_refine
+            )
         except (ImportError, ValueError) as e:
             print(f"\nAttend-and-Excite: skipped ({e})")
         else:
             out["attend_and_excite"] = ae
             how = "without refinement" if a.ae_no_refine else "with its iterative refinement"
-            print(f"\nAttend-and-Excite (diffusers, {how}), {a.ae_seeds} seeds, '{PAIR}', "
-                  f"tokens {ae['token_indices']}, "
-                  f"{ae['attn_res']}×{ae['attn_res']} maps: {ae['attend_and_excite_s']:.2f} s vs plain pipe "
-                  f"{ae['plain_s']:.2f} s per image → {ae['ratio']:.2f}×")
+            print(
+                f"\nAttend-and-Excite (diffusers, {how}), {a.ae_seeds} seeds, '{PAIR}', "
+                f"tokens {ae['token_indices']}, "
+                f"{ae['attn_res']}×{ae['attn_res']} maps: {ae['attend_and_excite_s']:.2f} s vs plain pipe "
+                f"{ae['plain_s']:.2f} s per image → {ae['ratio']:.2f}×"
+            )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2, default=str))

@@ -17,6 +17,7 @@ original's run length) repeats the cached schedule with a stub UNet that returns
 depend on the UNet's outputs) and takes the original's exact counts from its τ draws: full-run
 evaluation counts in a minute or two. With the defaults the whole script takes about 5-8 CPU minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ def stub_unet(pipe) -> Iterator[None]:
     Patched at the UNet's ``forward``, inside the module call that learn_delta's counter hooks, so the counts
     are the real ones.
     """
+
     def forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
         return UNet2DConditionOutput(sample=sample * 0 + encoder_hidden_states.float().mean() * 0)
 
@@ -56,12 +58,16 @@ def original_counts(pipe, prompts, micro_steps: int, n_steps: int, cfg: float, S
 
     (tests/test_learn_delta.py checks this formula against the counter on real runs.)
     """
-    p = Problem(pipe, load_config(prompts), seed=seed, target="x0", num_steps=n_steps, guidance_scale=cfg,
-                scale_batch_size=S)
+    p = Problem(
+        pipe, load_config(prompts), seed=seed, target="x0", num_steps=n_steps, guidance_scale=cfg, scale_batch_size=S
+    )
     ks = [p.draw(n)[0] for n in range(micro_steps)]
     g = 2 if cfg > 1 else 1
-    return {"rows": sum(g * k + 3 + S for k in ks) / micro_steps, "calls": sum(k + 4 for k in ks) / micro_steps,
-            "grad_rows": S}
+    return {
+        "rows": sum(g * k + 3 + S for k in ks) / micro_steps,
+        "calls": sum(k + 4 for k in ks) / micro_steps,
+        "grad_rows": S,
+    }
 
 
 def per_micro(delta) -> dict[str, float]:
@@ -93,46 +99,88 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
     n_steps, cfg = defaults(pipe)
     n_steps, cfg = a.num_steps or n_steps, cfg if a.guidance_scale is None else a.guidance_scale
-    common = dict(grad_accum_steps=a.grad_accum, scale_batch_size=a.scale_batch_size, num_steps=n_steps,
-                  guidance_scale=cfg, cache_size=a.cache_size, refresh=a.refresh, target=a.target, seed=a.seed,
-                  height=a.height, width=a.width, progress=not os.environ.get("CI"))
-    print(f"{a.model} ({a.prompts}): {a.steps} steps × {a.grad_accum} micro-steps, DDIM {n_steps} steps, "
-          f"CFG {cfg}, scale batch {a.scale_batch_size}, cache {a.cache_size} refreshing {a.refresh}/step, "
-          f"seed {a.seed}; torch threads {torch.get_num_threads()}")
+    common = dict(
+        grad_accum_steps=a.grad_accum,
+        scale_batch_size=a.scale_batch_size,
+        num_steps=n_steps,
+        guidance_scale=cfg,
+        cache_size=a.cache_size,
+        refresh=a.refresh,
+        target=a.target,
+        seed=a.seed,
+        height=a.height,
+        width=a.width,
+        progress=not os.environ.get("CI"),
+    )
+    print(
+        f"{a.model} ({a.prompts}): {a.steps} steps × {a.grad_accum} micro-steps, DDIM {n_steps} steps, "
+        f"CFG {cfg}, scale batch {a.scale_batch_size}, cache {a.cache_size} refreshing {a.refresh}/step, "
+        f"seed {a.seed}; torch threads {torch.get_num_threads()}"
+    )
     res = {}
     for scheme in ("original", "cached"):
         t0 = time.perf_counter()
         d = learn_delta(pipe, a.prompts, max_steps=a.steps, scheme=scheme, **common)
         wall = time.perf_counter() - t0
-        last = d.meta["loss_history"][-a.last:]
-        held = heldout_loss(pipe, a.prompts, d, samples=a.heldout, target=a.target, num_steps=n_steps,
-                            guidance_scale=cfg, scale_batch_size=a.scale_batch_size, height=a.height,
-                            width=a.width) if a.heldout else float("nan")
-        res[scheme] = {**per_micro(d), "wall": wall, "wall_micro": wall / (a.steps * a.grad_accum),
-                       "loss": sum(last) / len(last), "heldout": held, "norm": d.norm()}
+        last = d.meta["loss_history"][-a.last :]
+        held = (
+            heldout_loss(
+                pipe,
+                a.prompts,
+                d,
+                samples=a.heldout,
+                target=a.target,
+                num_steps=n_steps,
+                guidance_scale=cfg,
+                scale_batch_size=a.scale_batch_size,
+                height=a.height,
+                width=a.width,
+            )
+            if a.heldout
+            else float("nan")
+        )
+        res[scheme] = {
+            **per_micro(d),
+            "wall": wall,
+            "wall_micro": wall / (a.steps * a.grad_accum),
+            "loss": sum(last) / len(last),
+            "heldout": held,
+            "norm": d.norm(),
+        }
 
-    print(f"\n{'scheme':<9} {'rows/micro':>10} {'calls/micro':>11} {'grad rows':>9} {'wall s':>8} "
-          f"{'s/micro':>8} {'train(last ' + str(a.last) + ')':>14} {'held-out':>9} {'|Δ|':>7}")
+    print(
+        f"\n{'scheme':<9} {'rows/micro':>10} {'calls/micro':>11} {'grad rows':>9} {'wall s':>8} "
+        f"{'s/micro':>8} {'train(last ' + str(a.last) + ')':>14} {'held-out':>9} {'|Δ|':>7}"
+    )
     for s, r in res.items():
-        print(f"{s:<9} {r['rows']:>10.2f} {r['calls']:>11.2f} {r['grad_rows']:>9.2f} {r['wall']:>8.1f} "
-              f"{r['wall_micro']:>8.3f} {r['loss']:>14.4g} {r['heldout']:>9.4g} {r['norm']:>7.3g}")
+        print(
+            f"{s:<9} {r['rows']:>10.2f} {r['calls']:>11.2f} {r['grad_rows']:>9.2f} {r['wall']:>8.1f} "
+            f"{r['wall_micro']:>8.3f} {r['loss']:>14.4g} {r['heldout']:>9.4g} {r['norm']:>7.3g}"
+        )
     o, c = res["original"], res["cached"]
-    print(f"original / cached: {o['rows'] / c['rows']:.2f}× UNet rows, {o['calls'] / c['calls']:.2f}× calls, "
-          f"{o['wall'] / c['wall']:.2f}× wall time; held-out loss cached/original "
-          f"{c['heldout'] / o['heldout']:.3f} (training loss {c['loss'] / o['loss']:.3f}, in-sample for cached)")
-    print(f"expected for the original: N + 3 + S = {n_steps + 3 + a.scale_batch_size} rows per micro-step "
-          f"on average (2·round(N·τ) + 3 + S each)")
+    print(
+        f"original / cached: {o['rows'] / c['rows']:.2f}× UNet rows, {o['calls'] / c['calls']:.2f}× calls, "
+        f"{o['wall'] / c['wall']:.2f}× wall time; held-out loss cached/original "
+        f"{c['heldout'] / o['heldout']:.3f} (training loss {c['loss'] / o['loss']:.3f}, in-sample for cached)"
+    )
+    print(
+        f"expected for the original: N + 3 + S = {n_steps + 3 + a.scale_batch_size} rows per micro-step "
+        f"on average (2·round(N·τ) + 3 + S each)"
+    )
 
     if a.project:
         with stub_unet(pipe):
-            pc = per_micro(learn_delta(pipe, a.prompts, max_steps=a.project, scheme="cached",
-                                       **{**common, "progress": False}))
+            pc = per_micro(
+                learn_delta(pipe, a.prompts, max_steps=a.project, scheme="cached", **{**common, "progress": False})
+            )
         po = original_counts(pipe, a.prompts, a.project * a.grad_accum, n_steps, cfg, a.scale_batch_size, a.seed)
         proj = {"original": po, "cached": pc}
-        print(f"\nprojected for a {a.project}-step run (exact counts: cached with a stub UNet, original from "
-              f"its τ draws): original {po['rows']:.2f} rows "
-              f"/ {po['calls']:.2f} calls per micro-step, cached {pc['rows']:.2f} / {pc['calls']:.2f} → "
-              f"{po['rows'] / pc['rows']:.2f}× fewer rows, {po['calls'] / pc['calls']:.2f}× fewer calls")
+        print(
+            f"\nprojected for a {a.project}-step run (exact counts: cached with a stub UNet, original from "
+            f"its τ draws): original {po['rows']:.2f} rows "
+            f"/ {po['calls']:.2f} calls per micro-step, cached {pc['rows']:.2f} / {pc['calls']:.2f} → "
+            f"{po['rows'] / pc['rows']:.2f}× fewer rows, {po['calls'] / pc['calls']:.2f}× fewer calls"
+        )
         res["projected"] = proj
     return res
 

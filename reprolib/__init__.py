@@ -1,10 +1,8 @@
 """reprolib: training-free control of text-to-image diffusion, taught on a CPU-sized shapes world.
-    pipe = reprolib.load_pipeline("shapes")                  # or "sd15", "sd21", "sdxl", a hub id, a folder
-    size = reprolib.contrastive_delta(pipe, "shapes/size")   # optimization-free attribute delta
-    img = reprolib.generate(pipe, "a red circle and a blue square", seed=0,
-                            edits=[(size, "circle", 1.5)],               # make only the circle bigger
-                            boxes={"blue square": (0.0, 0.0, 0.5, 0.5)})  # and put the square top-left
+
+pipe = reprolib.load_pipeline("shapes")  # then reprolib.generate(pipe, prompt, edits=[...], boxes={...})
 """
+
 from .quiet import quiet  # isort: skip  (first: sets chatter defaults before diffusers is imported)
 from .attention import record_attention
 from .conditioning import Embeddings, TextConditioning, Tokens
@@ -22,9 +20,11 @@ from .prompts import ConfigError, Pair, PromptConfig, load_config
 from .tokens import SpanError, token_span
 from .widgets import attribute_slider
 
+# fmt: off
 __all__ = ["AttentionMaps", "BoxError", "ConfigError", "Delta", "DeltaMismatch", "Edit", "Embeddings", "KNOWN_MODELS",
            "LayoutConfig", "LayoutGuidance", "ModelNotAvailable", "NonFiniteLoss", "Pair", "PromptConfig",
            "RunConflict", "SpanError", "TextConditioning", "Tokens", "attention_maps", "attribute_slider",
-           "contrastive_delta", "describe", "generate", "heldout_loss", "learn_delta", "load_config",
-           "load_pipeline", "pick_device", "pick_dtype", "plot_grid", "plot_overlay", "quiet", "record_attention",
-           "token_span", "try_load"]
+           "contrastive_delta", "describe", "generate", "heldout_loss", "learn_delta", "load_config", "load_pipeline",
+           "pick_device", "pick_dtype", "plot_grid", "plot_overlay", "quiet", "record_attention", "token_span",
+           "try_load"]
+# fmt: on

@@ -7,6 +7,7 @@ state. SDXL-style: CLIP-L and OpenCLIP-G; the UNet reads both *penultimate* stat
 Token-wise embeddings are kept *per encoder* (``clip_l``, ``openclip_g``, ...) because attribute
 deltas live per encoder; :meth:`Embeddings.context` concatenates them for the UNet.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,8 +52,12 @@ class Embeddings:
         return torch.cat(list(self.states.values()), dim=-1)
 
     def clone(self) -> Embeddings:
-        return Embeddings({k: v.clone() for k, v in self.states.items()},
-                          None if self.pooled is None else self.pooled.clone(), list(self.tokens), self.mask)
+        return Embeddings(
+            {k: v.clone() for k, v in self.states.items()},
+            None if self.pooled is None else self.pooled.clone(),
+            list(self.tokens),
+            self.mask,
+        )
 
     @staticmethod
     def cat(items: list[Embeddings]) -> Embeddings:
@@ -60,22 +65,31 @@ class Embeddings:
         masks = [e.mask for e in items]
         if any(m is None for m in masks) and not all(m is None for m in masks):
             raise ValueError("cannot batch embeddings with and without a padding mask (made by different models?)")
-        return Embeddings({k: torch.cat([e.states[k] for e in items]) for k in items[0].states}, pooled,
-                          [t for e in items for t in e.tokens], None if masks[0] is None else torch.cat(masks))
+        return Embeddings(
+            {k: torch.cat([e.states[k] for e in items]) for k in items[0].states},
+            pooled,
+            [t for e in items for t in e.tokens],
+            None if masks[0] is None else torch.cat(masks),
+        )
 
     def __getitem__(self, i) -> Embeddings:
         sl = slice(i, i + 1) if isinstance(i, int) else i
         toks = self.tokens[sl] if self.tokens else []
-        return Embeddings({k: v[sl] for k, v in self.states.items()},
-                          None if self.pooled is None else self.pooled[sl], toks,
-                          None if self.mask is None else self.mask[sl])
+        return Embeddings(
+            {k: v[sl] for k, v in self.states.items()},
+            None if self.pooled is None else self.pooled[sl],
+            toks,
+            None if self.mask is None else self.mask[sl],
+        )
 
     def repeat(self, n: int) -> Embeddings:
         """Each row ``n`` times (rows stay in order: r0, r0, …, r1, r1, …)."""
-        return Embeddings({k: v.repeat_interleave(n, 0) for k, v in self.states.items()},
-                          None if self.pooled is None else self.pooled.repeat_interleave(n, 0),
-                          [t for t in self.tokens for _ in range(n)],
-                          None if self.mask is None else self.mask.repeat_interleave(n, 0))
+        return Embeddings(
+            {k: v.repeat_interleave(n, 0) for k, v in self.states.items()},
+            None if self.pooled is None else self.pooled.repeat_interleave(n, 0),
+            [t for t in self.tokens for _ in range(n)],
+            None if self.mask is None else self.mask.repeat_interleave(n, 0),
+        )
 
 
 def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -102,8 +116,10 @@ class TextConditioning:
         self.pipe = pipe
         self.family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
         if self.family == "sdxl":
-            self.encoders = {"clip_l": (pipe.tokenizer, pipe.text_encoder),
-                             "openclip_g": (pipe.tokenizer_2, pipe.text_encoder_2)}
+            self.encoders = {
+                "clip_l": (pipe.tokenizer, pipe.text_encoder),
+                "openclip_g": (pipe.tokenizer_2, pipe.text_encoder_2),
+            }
         else:
             self.encoders = {_encoder_name(pipe.text_encoder): (pipe.tokenizer, pipe.text_encoder)}
         # a model trained with its padding masked must be sampled the same way (its folder's reprolib.json says so)
@@ -140,13 +156,13 @@ class TextConditioning:
 
     def tokenize(self, text: str, tokenizer=None) -> Tokens:
         tok = tokenizer or self.tokenizer
-        out = tok(text, padding="max_length", truncation=True, max_length=tok.model_max_length,
-                  return_offsets_mapping=True)
+        out = tok(
+            text, padding="max_length", truncation=True, max_length=tok.model_max_length, return_offsets_mapping=True
+        )
         ids = out["input_ids"]
         specials = set(tok.all_special_ids)
         special = [i in specials and o == (0, 0) for i, o in zip(ids, out["offset_mapping"])]
-        return Tokens(text, ids, tok.convert_ids_to_tokens(ids), [tuple(o) for o in out["offset_mapping"]],
-                      special)
+        return Tokens(text, ids, tok.convert_ids_to_tokens(ids), [tuple(o) for o in out["offset_mapping"]], special)
 
     @torch.no_grad()
     def encode(self, texts: str | list[str]) -> Embeddings:
@@ -172,8 +188,9 @@ class TextConditioning:
         """The unconditional branch; SDXL uses zeros for an absent negative prompt, as its pipeline does."""
         if negative is None and self.family == "sdxl" and self.pipe.config.get("force_zeros_for_empty_prompt", True):
             e = self.encode([""] * batch)
-            return Embeddings({k: torch.zeros_like(v) for k, v in e.states.items()}, torch.zeros_like(e.pooled),
-                              e.tokens, e.mask)
+            return Embeddings(
+                {k: torch.zeros_like(v) for k, v in e.states.items()}, torch.zeros_like(e.pooled), e.tokens, e.mask
+            )
         return self.encode([negative or ""] * batch)
 
     def added_cond(self, emb: Embeddings, height: int, width: int) -> dict | None:
@@ -183,8 +200,9 @@ class TextConditioning:
         ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=emb.pooled.dtype, device=emb.pooled.device)
         return {"text_embeds": emb.pooled, "time_ids": ids.repeat(emb.pooled.shape[0], 1)}
 
-    def unet(self, latents: torch.Tensor, t, emb: Embeddings, height: int | None = None,
-             width: int | None = None, **kwargs) -> torch.Tensor:
+    def unet(
+        self, latents: torch.Tensor, t, emb: Embeddings, height: int | None = None, width: int | None = None, **kwargs
+    ) -> torch.Tensor:
         """One UNet evaluation on these embeddings (batch of latents and embeddings must agree)."""
         if height is None:
             height, width = (s * self.pipe.vae_scale_factor for s in latents.shape[-2:])

@@ -10,6 +10,7 @@ the phrase ends in its subject ("a photo of an old man"), as every shipped confi
 that does not ("man with grey hair" reads "hair"; in the shapes world "big red circle and a blue square"
 reads "square") the original's delta is the difference of another word's embedding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,10 @@ def subject_span(tokens: Tokens, pattern: str, start: int = 0) -> list[int]:
     """
     pos = [i for i in token_span(tokens, pattern) if tokens.offsets[i][0] >= start]
     if not pos:
-        raise SpanError(f"{pattern!r} occurs in {tokens.text!r} only in the prefix (before character {start}), "
-                        f"not in the prompt pair itself; fix the pair's pattern. Tokens: {tokens.table()}")
+        raise SpanError(
+            f"{pattern!r} occurs in {tokens.text!r} only in the prefix (before character {start}), "
+            f"not in the prompt pair itself; fix the pair's pattern. Tokens: {tokens.table()}"
+        )
     return pos
 
 
@@ -51,8 +54,9 @@ def contrastive_delta(pipe, config, *, batch_size: int = 64, token: str = "subje
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if token not in TOKEN_CHOICES:
-        raise ValueError(f"token must be one of {TOKEN_CHOICES} (which token's embedding the delta reads), "
-                         f"got {token!r}")
+        raise ValueError(
+            f"token must be one of {TOKEN_CHOICES} (which token's embedding the delta reads), got {token!r}"
+        )
     cond = TextConditioning(pipe)
     # (text, pattern, where the pair starts, sign): the positive adds, the negative subtracts
     jobs: list[tuple[str, str, int, float]] = []
@@ -64,7 +68,7 @@ def contrastive_delta(pipe, config, *, batch_size: int = 64, token: str = "subje
     # float64 sums: the mean over hundreds of prompts should not depend on batch size
     sums = {name: torch.zeros(dim, dtype=torch.float64) for name, dim in cond.dims.items()}
     for b0 in range(0, len(jobs), batch_size):
-        chunk = jobs[b0:b0 + batch_size]
+        chunk = jobs[b0 : b0 + batch_size]
         emb = cond.encode([text for text, *_ in chunk])
         for b, (_, pattern, start, sign) in enumerate(chunk):
             pos = subject_span(emb.tokens[b], pattern, start) if token == "subject" else last_token(emb.tokens[b])
@@ -72,7 +76,16 @@ def contrastive_delta(pipe, config, *, batch_size: int = 64, token: str = "subje
                 sums[name] += sign * states[b, pos].double().mean(0).cpu()
 
     n = len(cfg.combinations())
-    return Delta({k: (v / n).float() for k, v in sums.items()},
-                 {"family": cond.family, "model": str(getattr(pipe, "name_or_path", "") or ""), "tag": cfg.tag,
-                  "method": "contrastive", "token": token, "n_pairs": n, "dims": cond.dims,
-                  "fingerprint": cond.fingerprint()})
+    return Delta(
+        {k: (v / n).float() for k, v in sums.items()},
+        {
+            "family": cond.family,
+            "model": str(getattr(pipe, "name_or_path", "") or ""),
+            "tag": cfg.tag,
+            "method": "contrastive",
+            "token": token,
+            "n_pairs": n,
+            "dims": cond.dims,
+            "fingerprint": cond.fingerprint(),
+        },
+    )

@@ -2,8 +2,9 @@
 
 Saved as safetensors with metadata (model family, dims, how it was made). Also reads the original
 CompVis ``attribute-control`` ``.pt`` files safely (``torch.load(weights_only=True)``: tensors only,
-no code is unpickled).
+no code is unpickled), and fetches those by name: ``Delta.load("person_age")`` (:mod:`reprolib.originals`).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from .originals import ORIGINAL_DELTAS, original_delta_path
 
 # key names of the original .pt files → our encoder names
 ORIGINAL_KEYS = {"tokenwise_delta.oai_clip_vit_l": "clip_l", "tokenwise_delta.openclip_g": "openclip_g"}
@@ -68,7 +71,8 @@ class Delta:
         if mine != dims:
             raise DeltaMismatch(
                 f"this delta has encoders {mine} (made for {made}) but the pipeline's text encoders are {dims}. "
-                + remake)
+                + remake
+            )
         theirs = self.meta.get("fingerprint")
         if isinstance(theirs, dict):
             ours = cond.fingerprint()
@@ -78,7 +82,8 @@ class Delta:
                     raise DeltaMismatch(
                         f"this delta was made with other '{name}' text-encoder weights ({made}) than this "
                         "pipeline's: same sizes, different training, so its direction means something else "
-                        "here. " + remake)
+                        "here. " + remake
+                    )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -89,10 +94,15 @@ class Delta:
 
     @classmethod
     def load(cls, path: str | Path) -> Delta:
-        """Read a reprolib ``.safetensors`` delta or an original attribute-control ``.pt`` file."""
+        """Read a reprolib ``.safetensors`` delta, an original attribute-control ``.pt`` file, or an original by
+        its name ("person_age", one of :data:`reprolib.originals.ORIGINAL_DELTAS`: downloaded once into a cache)."""
         path = Path(path)
+        bare = len(path.parts) == 1 and path.suffix in ("", ".pt")  # a name, not a path
+        if not path.exists() and bare and path.stem in ORIGINAL_DELTAS:
+            path = original_delta_path(path.stem)
         if not path.exists():
-            raise FileNotFoundError(f"no delta file at {path}")
+            names = f"; nor is {path.stem!r} one of the original deltas: {', '.join(ORIGINAL_DELTAS)}" if bare else ""
+            raise FileNotFoundError(f"no delta file at {path}{names}")
         if path.suffix == ".pt":
             return cls._load_original(path)
         try:
@@ -100,8 +110,10 @@ class Delta:
             with safe_open(str(path), "pt") as f:
                 raw = f.metadata() or {}
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable safetensors delta ({e}). Save deltas with Delta.save, "
-                             "or pass an original attribute-control .pt file.") from None
+            raise ValueError(
+                f"{path} is not a readable safetensors delta ({e}). Save deltas with Delta.save, "
+                "or pass an original attribute-control .pt file."
+            ) from None
         meta = {}
         for k, v in raw.items():
             try:
@@ -115,14 +127,20 @@ class Delta:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # corrupt file, or a pickle that needs code: refuse either way
-            raise ValueError(f"{path} could not be read as a tensors-only .pt delta ({type(e).__name__}: "
-                             f"{str(e)[:200]}). Only files holding plain tensors are loaded.") from None
+            raise ValueError(
+                f"{path} could not be read as a tensors-only .pt delta ({type(e).__name__}: "
+                f"{str(e)[:200]}). Only files holding plain tensors are loaded."
+            ) from None
         d = obj.get("delta", obj) if isinstance(obj, dict) else None
         vectors = {ORIGINAL_KEYS[k]: v for k, v in (d or {}).items() if k in ORIGINAL_KEYS}
         if not vectors:
             found = list(d or obj)[:5] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path} holds no attribute-control delta: expected a dict {{'delta': "
-                             f"{{{', '.join(ORIGINAL_KEYS)}}}}}, found keys {found}")
+            raise ValueError(
+                f"{path} holds no attribute-control delta: expected a dict {{'delta': "
+                f"{{{', '.join(ORIGINAL_KEYS)}}}}}, found keys {found}"
+            )
         family = "sdxl" if set(vectors) == {"clip_l", "openclip_g"} else "sd"
-        return cls(vectors, {"family": family, "method": "original attribute-control .pt", "source": path.name,
-                             "tag": path.stem})
+        return cls(
+            vectors,
+            {"family": family, "method": "original attribute-control .pt", "source": path.name, "tag": path.stem},
+        )

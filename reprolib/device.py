@@ -1,4 +1,5 @@
 """The one place that picks the device and dtype (cuda → mps → cpu; half precision on GPUs)."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """``dtype`` if given, else bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     if isinstance(dtype, str):
-        names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        names = {
+            "fp32": torch.float32,
+            "float32": torch.float32,
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "bfloat16": torch.bfloat16,
+        }
         if dtype not in names:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
         return names[dtype]

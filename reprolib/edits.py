@@ -1,4 +1,5 @@
 """Attribute edits: α·Δ added to one subject's token-wise embeddings (Baumann et al.)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -1,4 +1,5 @@
 """Writing files all at once: a crash or a kill never leaves half a checkpoint or half a JSON file behind."""
+
 from __future__ import annotations
 
 import json

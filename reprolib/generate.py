@@ -4,6 +4,7 @@ It is the loop ``pipe(...)`` runs (classifier-free guidance, ``scheduler.step``)
 that embeddings can change between steps and guidance can move the latents; with no edits
 and no hooks it reproduces ``pipe(...)`` exactly for the same initial latents.
 """
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,9 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
     """Gaussian latents, one CPU generator per seed: the same image for a seed on any device or batch."""
     c = pipe.unet.config.in_channels
     f = pipe.vae_scale_factor
-    lat = torch.cat([torch.randn(1, c, height // f, width // f, generator=torch.Generator().manual_seed(int(s)))
-                     for s in seeds])
+    lat = torch.cat(
+        [torch.randn(1, c, height // f, width // f, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
     return lat.to(pipe.unet.device, pipe.unet.dtype) * pipe.scheduler.init_noise_sigma
 
 
@@ -90,38 +92,65 @@ def _batch(prompt: str | Sequence[str], seed: int | Sequence[int]) -> tuple[list
     return prompts, seeds
 
 
-def _start(pipe, cond: TextConditioning, seeds: list[int], steps: int, height: int, width: int,
-           latents: torch.Tensor | None, resume: Partial | None):
+def _start(
+    pipe,
+    cond: TextConditioning,
+    seeds: list[int],
+    steps: int,
+    height: int,
+    width: int,
+    latents: torch.Tensor | None,
+    resume: Partial | None,
+):
     """(scheduler, latents, first step): fresh noise, given latents, or where a :class:`Partial` stopped."""
     if resume is None:
         sched = pipe.scheduler
         sched.set_timesteps(steps, device=cond.device)
-        x = (initial_latents(pipe, seeds, height, width) if latents is None
-             else latents.to(cond.device, pipe.unet.dtype))
+        x = initial_latents(pipe, seeds, height, width) if latents is None else latents.to(cond.device, pipe.unet.dtype)
         return sched, x, 0
     if resume.steps != steps or len(resume.latents) != len(seeds):
-        raise ValueError(f"this Partial was made for {resume.steps} steps and {len(resume.latents)} images; "
-                         f"this call has {steps} steps and {len(seeds)} images: resume with the same ones")
+        raise ValueError(
+            f"this Partial was made for {resume.steps} steps and {len(resume.latents)} images; "
+            f"this call has {steps} steps and {len(seeds)} images: resume with the same ones"
+        )
     if latents is not None:
         raise ValueError("give latents or resume, not both: a Partial carries its own latents")
     return resume.continued(), resume.latents.clone(), resume.step
 
 
-def _hooks(hooks: Sequence[StepHook], cond: TextConditioning, plain: Embeddings, boxes: dict | None,
-           layout: LayoutConfig | None, height: int, width: int) -> list[StepHook]:
+def _hooks(
+    hooks: Sequence[StepHook],
+    cond: TextConditioning,
+    plain: Embeddings,
+    boxes: dict | None,
+    layout: LayoutConfig | None,
+    height: int,
+    width: int,
+) -> list[StepHook]:
     """The caller's hooks, checked, plus layout guidance when there are boxes."""
     hooks = list(hooks)
     for h in hooks:
         if not isinstance(h, StepHook):
-            raise TypeError(f"hooks take reprolib.protocols.StepHook objects (before_step, __enter__, __exit__); "
-                            f"{type(h).__name__} lacks some of them")
+            raise TypeError(
+                f"hooks take reprolib.protocols.StepHook objects (before_step, __enter__, __exit__); "
+                f"{type(h).__name__} lacks some of them"
+            )
     if boxes:
         hooks.append(LayoutGuidance(cond, plain.tokens, boxes, layout, height=height, width=width))
     return hooks
 
 
-def _guided_step(cond: TextConditioning, sched, x: torch.Tensor, t, uncond: Embeddings, c: Embeddings,
-                 guidance_scale: float, height: int, width: int) -> torch.Tensor:
+def _guided_step(
+    cond: TextConditioning,
+    sched,
+    x: torch.Tensor,
+    t,
+    uncond: Embeddings,
+    c: Embeddings,
+    guidance_scale: float,
+    height: int,
+    width: int,
+) -> torch.Tensor:
     """One scheduler step with classifier-free guidance (both branches in one UNet batch, as diffusers)."""
     both = Embeddings.cat([uncond, c])
     inp = sched.scale_model_input(torch.cat([x, x]), t)
@@ -130,12 +159,26 @@ def _guided_step(cond: TextConditioning, sched, x: torch.Tensor, t, uncond: Embe
     return sched.step(eps, t, x, return_dict=False)[0]
 
 
-def generate(pipe, prompt: str | Sequence[str], *, seed: int | Sequence[int] = 0, steps: int | None = None,
-             guidance_scale: float | None = None, negative_prompt: str | None = None,
-             edits: Iterable[Edit] = (), delay: float = DELAY, boxes: dict | None = None,
-             layout: LayoutConfig | None = None, hooks: Sequence[StepHook] = (), height: int | None = None,
-             width: int | None = None, latents: torch.Tensor | None = None, output_type: str = "pil",
-             until: int | None = None, resume: Partial | None = None):
+def generate(
+    pipe,
+    prompt: str | Sequence[str],
+    *,
+    seed: int | Sequence[int] = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    edits: Iterable[Edit] = (),
+    delay: float = DELAY,
+    boxes: dict | None = None,
+    layout: LayoutConfig | None = None,
+    hooks: Sequence[StepHook] = (),
+    height: int | None = None,
+    width: int | None = None,
+    latents: torch.Tensor | None = None,
+    output_type: str = "pil",
+    until: int | None = None,
+    resume: Partial | None = None,
+):
     r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
     ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).

@@ -1,8 +1,9 @@
 """The cross-attention maps of one generation: which image regions each word of the prompt feeds.
 
-    maps = attention_maps(pipe, "a red circle and a blue square", seed=0)
-    maps.word("circle", layer="up.1")   # Tensor[H, W]; reprolib.plots draws it over maps.image
+maps = attention_maps(pipe, "a red circle and a blue square", seed=0)
+maps.word("circle", layer="up.1")   # Tensor[H, W]; reprolib.plots draws it over maps.image
 """
+
 from __future__ import annotations
 
 import re
@@ -82,8 +83,9 @@ class AttentionMaps:
             raise KeyError(f"step {step} was not recorded; recorded steps: {self.steps}")
         return self.maps[layer][step]
 
-    def word(self, word: str, layer=None, step: int | Sequence[int] | None = None,
-             size: tuple[int, int] | None = None) -> torch.Tensor:
+    def word(
+        self, word: str, layer=None, step: int | Sequence[int] | None = None, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Tensor[H, W]: the word's attention (mean over its tokens, the layers and the steps chosen),
         each map upsampled bilinearly to ``size`` (default: the image size)."""
         pos = token_span(self.tokens, word)
@@ -98,9 +100,17 @@ class AttentionMaps:
         return acc / (len(names) * len(steps))
 
 
-def attention_maps(pipe, prompt: str, *, seed: int = 0, words: Sequence[str] | None = None, layers=None,
-                   steps: int | None = None, record_steps: Iterable[int] | None = None,
-                   **generate_kwargs) -> AttentionMaps:
+def attention_maps(
+    pipe,
+    prompt: str,
+    *,
+    seed: int = 0,
+    words: Sequence[str] | None = None,
+    layers=None,
+    steps: int | None = None,
+    record_steps: Iterable[int] | None = None,
+    **generate_kwargs,
+) -> AttentionMaps:
     """Generate one image with :func:`reprolib.generate` and record its cross-attention maps.
 
     ``words``: which words the maps are for (default: every word of the prompt; checked up front).
@@ -121,8 +131,17 @@ def attention_maps(pipe, prompt: str, *, seed: int = 0, words: Sequence[str] | N
     last = max((i for i, s in enumerate(toks.special) if not s), default=0) + 1  # keep the end-of-text token
     dh, dw = cond.default_size()
     height, width = generate_kwargs.get("height") or dh, generate_kwargs.get("width") or dw
-    store = AttentionStore(pipe.unet, layers, rows="cond", batch=2, heads="mean", tokens=range(last + 1),
-                           to_cpu=True, steps=record_steps, aspect=height / width)
+    store = AttentionStore(
+        pipe.unet,
+        layers,
+        rows="cond",
+        batch=2,
+        heads="mean",
+        tokens=range(last + 1),
+        to_cpu=True,
+        steps=record_steps,
+        aspect=height / width,
+    )
     hooks = [StepClock(store), *generate_kwargs.pop("hooks", ())]
     image = generate(pipe, prompt, seed=seed, steps=steps, hooks=hooks, **generate_kwargs)
     maps = {n: {s: store.grid(n, s)[0, 0] for s in sorted(store.maps[n])} for n in store.layers if n in store.maps}

@@ -9,7 +9,10 @@
 
 `tiny-sd15`, `tiny-sd21` and `tiny-sdxl` are random tiny pipelines built from config
 (:mod:`reprolib.tiny`): they make no pictures worth seeing, but check a script end to end offline.
+``load_pipeline("sdxl", random_weights=True)`` is the true architecture with random weights, built offline
+(:mod:`reprolib.architectures`): real sizes, memory and layer layout, no real pictures.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,6 +22,7 @@ from pathlib import Path
 import diffusers
 import torch
 
+from .architectures import FAMILIES, random_pipeline
 from .device import pick_device, pick_dtype
 from .quiet import quiet
 from .tiny import tiny_pipeline
@@ -53,16 +57,27 @@ def _pipeline_class(path_or_id: str):
     return diffusers.DiffusionPipeline
 
 
-def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.device | None = None,
-                  dtype: str | torch.dtype | None = None, **kwargs):
+def load_pipeline(
+    model: str | os.PathLike = "shapes",
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    random_weights: bool = False,
+    **kwargs,
+):
     """A ready diffusers pipeline on the chosen device/dtype, progress bars off under CI.
 
     ``model``: ``"shapes"`` (embedded), ``"sd15"``, ``"sd21"``, ``"sdxl"``, another hub id, a local
     pipeline folder, or ``"tiny-sd15"`` / ``"tiny-sd21"`` / ``"tiny-sdxl"`` (random, offline, for
     checking scripts). Extra keyword arguments go to ``from_pretrained``.
+    ``random_weights=True`` (with ``"sd15"``, ``"sd21"`` or ``"sdxl"``): the true architecture with random
+    weights, offline; extra keyword arguments go to :func:`reprolib.architectures.random_pipeline`
+    (``on_meta=["unet"]`` leaves a component without memory).
     """
     quiet()
     dev = pick_device(device)
+    if random_weights:
+        return random_weights_pipeline(str(model), dev, pick_dtype(dev, dtype), **kwargs)
     if str(model) in TINY_MODELS:
         # random weights are built in fp32; another dtype only when asked for
         pipe = tiny_pipeline(str(model).removeprefix("tiny-")).to(dev, pick_dtype(torch.device("cpu"), dtype))
@@ -76,11 +91,13 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
         raise ModelNotAvailable(
             f"the embedded shapes-world weights are missing from {local}. Train and export them with\n"
             "  python -m reprolib.shapes.train --out runs/shapes\n"
-            f"  python -m reprolib.shapes.train --out runs/shapes --export {local}")
+            f"  python -m reprolib.shapes.train --out runs/shapes --export {local}"
+        )
     if local.exists() and not (local / "model_index.json").exists():
         raise ModelNotAvailable(
             f"{local} is a folder but not a diffusers pipeline (no model_index.json in it). Point to the "
-            "folder that `pipe.save_pretrained(...)` or `hf download <repo id> --local-dir <folder>` wrote.")
+            "folder that `pipe.save_pretrained(...)` or `hf download <repo id> --local-dir <folder>` wrote."
+        )
     cls = _pipeline_class(src)
     try:
         pipe = cls.from_pretrained(src, dtype=dt, **kwargs)
@@ -92,12 +109,25 @@ def load_pipeline(model: str | os.PathLike = "shapes", *, device: str | torch.de
             f"could not load '{src}'{hint}: it is not in the local Hugging Face cache and could not be "
             f"downloaded ({type(e).__name__}). On a machine with internet access run\n"
             f"  hf download {src} --local-dir models/{src.split('/')[-1]}\n"
-            f"then pass that folder: load_pipeline('models/{src.split('/')[-1]}').") from None
+            f"then pass that folder: load_pipeline('models/{src.split('/')[-1]}')."
+        ) from None
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=bool(os.environ.get("CI")))
     pipe.reprolib_defaults = model_defaults(local)
     # the short name runs and reports record ("shapes", "sdxl"), also when loaded by its hub id
     pipe.reprolib_model = next((k for k, v in KNOWN_MODELS.items() if v == str(model)), str(model))
+    return pipe
+
+
+def random_weights_pipeline(model: str, device: torch.device, dtype: torch.dtype, **kwargs):
+    """``load_pipeline(model, random_weights=True)``: the family's true architecture, random weights."""
+    if model not in FAMILIES:
+        raise ValueError(
+            f"random_weights=True builds the true architecture of one of {FAMILIES}, not {model!r} "
+            "(the tiny-* names are random already)"
+        )
+    pipe = random_pipeline(model, dtype=dtype, device=device, **kwargs)
+    pipe.reprolib_model = f"random-{model}"  # what runs record: never to be mistaken for the real weights
     return pipe
 
 

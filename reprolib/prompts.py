@@ -11,6 +11,7 @@ to put them in::
 ``prefixes`` may be a list or a brace pattern (the original's ``${combinations:'...'}``): every
 choice of one alternative per ``{...}`` group, empty alternatives allowed. Whitespace is normalised.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,6 +72,7 @@ class PromptConfig:
 
 # --- brace expansion -------------------------------------------------------------------------------
 
+
 def _split_top(s: str) -> list[str]:
     """Split on commas that are not inside nested braces."""
     parts, depth, cur = [], 0, []
@@ -98,7 +100,7 @@ def _expand(s: str) -> list[str]:
             break
     else:
         raise ConfigError(f"unbalanced '{{' in brace pattern {s!r}: every '{{' needs a matching '}}'")
-    head, body, tail = s[:start], s[start + 1:end], s[end + 1:]
+    head, body, tail = s[:start], s[start + 1 : end], s[end + 1 :]
     if "}" in head:
         raise ConfigError(f"unbalanced '}}' in brace pattern {s!r}")
     options = [o for alt in _split_top(body) for o in _expand(alt)]
@@ -123,8 +125,10 @@ def _prefixes(value) -> list[str]:
     if isinstance(value, str):
         m = _COMBINATIONS.match(value.strip())
         if value.strip().startswith("${") and not m:
-            raise ConfigError(f"prefixes {value!r}: the only interpolation understood is "
-                              "${combinations:'{a,b} c {,d}'}; or give a list of strings")
+            raise ConfigError(
+                f"prefixes {value!r}: the only interpolation understood is "
+                "${combinations:'{a,b} c {,d}'}; or give a list of strings"
+            )
         return expand_braces(m.group(2) if m else value)
     if isinstance(value, (list, tuple)):
         if not all(isinstance(v, str) for v in value):
@@ -135,23 +139,30 @@ def _prefixes(value) -> list[str]:
 
 # --- loading ---------------------------------------------------------------------------------------
 
-_PAIR_KEYS = {"prompt_target": "target", "prompt_positive": "positive", "prompt_negative": "negative",
-              "pattern_target": "pattern"}
+_PAIR_KEYS = {
+    "prompt_target": "target",
+    "prompt_positive": "positive",
+    "prompt_negative": "negative",
+    "pattern_target": "pattern",
+}
 _OPTIONAL = {"pattern_positive": "pattern_positive", "pattern_negative": "pattern_negative"}
 
 
 def _pair(item, i: int, where: str) -> Pair:
     if not isinstance(item, dict):
-        raise ConfigError(f"{where}: prompts[{i}] must be a mapping with keys {list(_PAIR_KEYS)}, "
-                          f"got {type(item).__name__}")
+        raise ConfigError(
+            f"{where}: prompts[{i}] must be a mapping with keys {list(_PAIR_KEYS)}, got {type(item).__name__}"
+        )
     missing = [k for k in _PAIR_KEYS if k not in item]
     if missing:
-        raise ConfigError(f"{where}: prompts[{i}] is missing the key(s) {missing} "
-                          f"(each prompt needs {list(_PAIR_KEYS)})")
+        raise ConfigError(
+            f"{where}: prompts[{i}] is missing the key(s) {missing} (each prompt needs {list(_PAIR_KEYS)})"
+        )
     unknown = set(item) - set(_PAIR_KEYS) - set(_OPTIONAL)
     if unknown:
-        raise ConfigError(f"{where}: prompts[{i}] has unknown key(s) {sorted(unknown)}; "
-                          f"allowed: {list(_PAIR_KEYS) + list(_OPTIONAL)}")
+        raise ConfigError(
+            f"{where}: prompts[{i}] has unknown key(s) {sorted(unknown)}; allowed: {list(_PAIR_KEYS) + list(_OPTIONAL)}"
+        )
     kw = {ours: _norm(item[k]) for k, ours in _PAIR_KEYS.items()}
     kw.update({ours: _norm(item[k]) for k, ours in _OPTIONAL.items() if item.get(k)})
     if not kw["pattern"]:
@@ -161,17 +172,20 @@ def _pair(item, i: int, where: str) -> Pair:
 
 def _from_dict(d, where: str) -> PromptConfig:
     if not isinstance(d, dict):
-        raise ConfigError(f"{where}: a prompt config is a mapping with keys tag, prompts, prefixes; "
-                          f"got {type(d).__name__}")
+        raise ConfigError(
+            f"{where}: a prompt config is a mapping with keys tag, prompts, prefixes; got {type(d).__name__}"
+        )
     for key in ("tag", "prompts"):
         if key not in d:
-            raise ConfigError(f"{where}: missing the key {key!r} (a config needs 'tag', 'prompts' and "
-                              "optionally 'prefixes')")
+            raise ConfigError(
+                f"{where}: missing the key {key!r} (a config needs 'tag', 'prompts' and optionally 'prefixes')"
+            )
     prompts = d["prompts"]
     if not isinstance(prompts, list) or not prompts:
         raise ConfigError(f"{where}: 'prompts' must be a non-empty list of prompt pairs")
-    return PromptConfig(str(d["tag"]), [_pair(p, i, where) for i, p in enumerate(prompts)],
-                        _prefixes(d.get("prefixes")))
+    return PromptConfig(
+        str(d["tag"]), [_pair(p, i, where) for i, p in enumerate(prompts)], _prefixes(d.get("prefixes"))
+    )
 
 
 def shipped_configs() -> list[str]:
@@ -186,14 +200,16 @@ def load_config(config) -> PromptConfig:
     if isinstance(config, dict):
         return _from_dict(config, "config dict")
     if not isinstance(config, (str, Path)):
-        raise ConfigError(f"config must be a path, a shipped name, a dict or a PromptConfig; "
-                          f"got {type(config).__name__}")
+        raise ConfigError(
+            f"config must be a path, a shipped name, a dict or a PromptConfig; got {type(config).__name__}"
+        )
     path = Path(config)
     if not path.is_file():
         shipped = CONFIG_DIR / f"{str(config).removesuffix('.yaml')}.yaml"
         if not shipped.is_file():
-            raise ConfigError(f"no prompt config {str(config)!r}: not a file, and not one of the shipped "
-                              f"configs {shipped_configs()}")
+            raise ConfigError(
+                f"no prompt config {str(config)!r}: not a file, and not one of the shipped configs {shipped_configs()}"
+            )
         path = shipped
     try:
         d = yaml.safe_load(path.read_text())

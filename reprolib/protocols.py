@@ -8,6 +8,7 @@ Anything with these methods plugs in; nothing needs to inherit from a reprolib c
 * :class:`AttentionListener` — :class:`reprolib.attention.ProbsProcessor` hands it each selected
   layer's attention probabilities; a recorder keeps them, an editor (``edits = True``) returns new ones.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

@@ -3,6 +3,7 @@
 Imported first by ``reprolib/__init__.py``, so the environment default is in place before
 diffusers/transformers are imported (they read it at import).
 """
+
 from __future__ import annotations
 
 import os

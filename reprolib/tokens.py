@@ -3,6 +3,7 @@
 Sub-word safe ("astronaut" may be two tokens: both are returned), every match counts,
 case-insensitive, and start/end/padding tokens are never returned.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,13 +35,17 @@ def token_span(tokens: Tokens, pattern: str) -> list[int]:
     for s, e in matches:
         hit = [i for i, (a, b) in enumerate(tokens.offsets) if not tokens.special[i] and a < e and b > s]
         if not hit:
-            raise SpanError(f"{pattern!r} matches {tokens.text[s:e]!r}, which was truncated away "
-                            f"(the prompt is longer than the tokenizer's {len(tokens)} tokens): {tokens.table()}")
+            raise SpanError(
+                f"{pattern!r} matches {tokens.text[s:e]!r}, which was truncated away "
+                f"(the prompt is longer than the tokenizer's {len(tokens)} tokens): {tokens.table()}"
+            )
         for i in hit:
             a, b = tokens.offsets[i]
             if a < s or b > e:
-                raise SpanError(f"{pattern!r} matches only part of token {i} {tokens.tokens[i]!r} "
-                                f"({tokens.text[a:b]!r}) in {tokens.text!r}. Match whole tokens; the prompt's "
-                                f"tokens are: {tokens.table()}")
+                raise SpanError(
+                    f"{pattern!r} matches only part of token {i} {tokens.tokens[i]!r} "
+                    f"({tokens.text[a:b]!r}) in {tokens.text!r}. Match whole tokens; the prompt's "
+                    f"tokens are: {tokens.table()}"
+                )
         positions += hit
     return sorted(set(positions))

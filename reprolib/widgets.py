@@ -9,6 +9,7 @@ the same for every α: they are computed once and each new frame starts after th
 :meth:`AttributeSlider.render` is a plain function of the alphas, so it can be called and tested
 without a browser.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,8 +59,9 @@ def _attributes(spec) -> list[Attribute]:
         elif isinstance(item, (tuple, list)) and len(item) in (2, 3) and isinstance(item[0], Delta):
             out.append(Attribute(*item))
         else:
-            raise TypeError(f"each attribute is (delta, pattern) or (delta, pattern, name) with a reprolib Delta; "
-                            f"got {item!r}")
+            raise TypeError(
+                f"each attribute is (delta, pattern) or (delta, pattern, name) with a reprolib Delta; got {item!r}"
+            )
     if not out:
         raise ValueError("give at least one attribute: [(delta, pattern, name), ...]")
     return out
@@ -74,9 +76,19 @@ class AttributeSlider:
     ``threads``: torch CPU threads while rendering (None: torch's setting).
     """
 
-    def __init__(self, pipe, prompt: str, attributes, *, seed: int = 0,
-                 values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
-                 share_prefix: bool = True, threads: int | None = None, **generate_kwargs):
+    def __init__(
+        self,
+        pipe,
+        prompt: str,
+        attributes,
+        *,
+        seed: int = 0,
+        values: tuple[float, float, float] = (-2.0, 2.0, 0.25),
+        cache_size: int = 64,
+        share_prefix: bool = True,
+        threads: int | None = None,
+        **generate_kwargs,
+    ):
         self.pipe, self.prompt, self.seed, self.threads = pipe, prompt, seed, threads
         self.attributes = _attributes(attributes)
         lo, hi, step = values
@@ -115,8 +127,9 @@ class AttributeSlider:
         self._misses += 1
         edits = [Edit(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
         with cpu_threads(self.threads):
-            image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(),
-                             **self.generate_kwargs)
+            image = generate(
+                self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(), **self.generate_kwargs
+            )
         self._cache[key] = image
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -154,9 +167,18 @@ class AttributeSlider:
         if self._widget is None:
             lo, hi, step = self.values
             # continuous_update=False: render once on release, not for every pixel dragged
-            self.sliders = [w.FloatSlider(value=0.0, min=lo, max=hi, step=step, description=a.label,
-                                          continuous_update=False, readout_format=".2f")
-                            for a in self.attributes]
+            self.sliders = [
+                w.FloatSlider(
+                    value=0.0,
+                    min=lo,
+                    max=hi,
+                    step=step,
+                    description=a.label,
+                    continuous_update=False,
+                    readout_format=".2f",
+                )
+                for a in self.attributes
+            ]
             self.image = w.Image(format="png", layout=w.Layout(width="256px", height="256px"))
             self.caption = w.Label(self.prompt)
             for s in self.sliders:
@@ -177,9 +199,27 @@ class AttributeSlider:
         display(self.widget)
 
 
-def attribute_slider(pipe, prompt: str, attributes, *, seed: int = 0,
-                     values: tuple[float, float, float] = (-2.0, 2.0, 0.25), cache_size: int = 64,
-                     share_prefix: bool = True, threads: int | None = None, **generate_kwargs) -> AttributeSlider:
+def attribute_slider(
+    pipe,
+    prompt: str,
+    attributes,
+    *,
+    seed: int = 0,
+    values: tuple[float, float, float] = (-2.0, 2.0, 0.25),
+    cache_size: int = 64,
+    share_prefix: bool = True,
+    threads: int | None = None,
+    **generate_kwargs,
+) -> AttributeSlider:
     """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook."""
-    return AttributeSlider(pipe, prompt, attributes, seed=seed, values=values, cache_size=cache_size,
-                           share_prefix=share_prefix, threads=threads, **generate_kwargs)
+    return AttributeSlider(
+        pipe,
+        prompt,
+        attributes,
+        seed=seed,
+        values=values,
+        cache_size=cache_size,
+        share_prefix=share_prefix,
+        threads=threads,
+        **generate_kwargs,
+    )

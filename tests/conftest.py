@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random pipelines (offline, < 1 s) and the real CLIP BPE tokenizer when it can be had."""
+
 import os
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

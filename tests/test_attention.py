@@ -1,4 +1,5 @@
 """Attention processors, stores (reprolib.attention) and maps (reprolib.maps) on the tiny random pipelines."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -88,9 +89,16 @@ def test_explicit_path_equals_sdpa_on_general_attention(case):
     """4-D input, group norm, residual, rescale, cross-attention with a mask: same as AttnProcessor2_0."""
     cross = case != "self"
     torch.manual_seed(0)
-    attn = Attention(query_dim=8, heads=2, dim_head=4, norm_num_groups=4, residual_connection=True,
-                     rescale_output_factor=2.0, cross_attention_dim=6 if cross else None,
-                     cross_attention_norm="layer_norm" if cross else None).eval()
+    attn = Attention(
+        query_dim=8,
+        heads=2,
+        dim_head=4,
+        norm_num_groups=4,
+        residual_connection=True,
+        rescale_output_factor=2.0,
+        cross_attention_dim=6 if cross else None,
+        cross_attention_norm="layer_norm" if cross else None,
+    ).eval()
     h = torch.randn(2, 8, 3, 5)
     ctx = torch.randn(2, 7, 6) if cross else None
     mask = None
@@ -203,8 +211,9 @@ def test_attention_maps_per_word_layer_step(any_tiny):
     assert native.shape[:2] == (s, s)
     # one layer at one step at its own size is exactly its stored map (mean over the word's tokens)
     pos = token_span(maps.tokens, "blue square")
-    assert torch.allclose(maps.word("blue square", layer=first, step=0, size=(s, s)), native[..., pos].mean(-1),
-                          atol=1e-6)
+    assert torch.allclose(
+        maps.word("blue square", layer=first, step=0, size=(s, s)), native[..., pos].mean(-1), atol=1e-6
+    )
     with pytest.raises(KeyError):
         maps.word("circle", step=7)
 

@@ -1,4 +1,5 @@
 """contrastive_delta: the mean subject-token difference, per encoder; edits it drives in generate."""
+
 import pytest
 import torch
 
@@ -11,11 +12,19 @@ from reprolib.tokens import SpanError, token_span
 TWO_PREFIX = {
     "tag": "test/size",
     "prompts": [
-        dict(prompt_target="red circle", prompt_positive="big red circle", prompt_negative="small red circle",
-             pattern_target="circle"),
+        dict(
+            prompt_target="red circle",
+            prompt_positive="big red circle",
+            prompt_negative="small red circle",
+            pattern_target="circle",
+        ),
         # an unknown word is several byte tokens in the tiny tokenizer: its embedding is their mean
-        dict(prompt_target="astronaut", prompt_positive="big astronaut", prompt_negative="small astronaut",
-             pattern_target="astronaut"),
+        dict(
+            prompt_target="astronaut",
+            prompt_positive="big astronaut",
+            prompt_negative="small astronaut",
+            pattern_target="astronaut",
+        ),
     ],
     # the second prefix holds the subject words too: only the pair's own occurrence counts
     "prefixes": ["a", "a blue circle and an astronaut and a"],
@@ -33,7 +42,7 @@ def hand_delta(pipe, config):
             emb = cond.encode(PromptConfig.join(prefix, text))
             last = max(i for i, s in enumerate(emb.tokens[0].special) if not s)
             for k, s in emb.states.items():
-                total[k] += sign * s[0, last - n + 1:last + 1].double().mean(0)
+                total[k] += sign * s[0, last - n + 1 : last + 1].double().mean(0)
     return {k: (v / len(combos)).float() for k, v in total.items()}
 
 
@@ -63,9 +72,19 @@ def test_equals_hand_computed_mean(family, request):
 
 
 def test_positive_and_negative_patterns(sd15):
-    cfg = {"tag": "t", "prompts": [dict(prompt_target="circle", prompt_positive="big circle",
-                                        prompt_negative="small square", pattern_target="circle",
-                                        pattern_negative="square")], "prefixes": ["a"]}
+    cfg = {
+        "tag": "t",
+        "prompts": [
+            dict(
+                prompt_target="circle",
+                prompt_positive="big circle",
+                prompt_negative="small square",
+                pattern_target="circle",
+                pattern_negative="square",
+            )
+        ],
+        "prefixes": ["a"],
+    }
     cond = TextConditioning(sd15)
     pos, neg = cond.encode(["a big circle", "a small square"]).states["clip"]
     d = contrastive_delta(sd15, cfg)
@@ -73,9 +92,18 @@ def test_positive_and_negative_patterns(sd15):
 
 
 def test_pattern_only_in_prefix_is_an_error(sd15):
-    cfg = {"tag": "t", "prompts": [dict(prompt_target="circle", prompt_positive="big circle",
-                                        prompt_negative="small circle", pattern_target="square")],
-           "prefixes": ["a blue square and a"]}
+    cfg = {
+        "tag": "t",
+        "prompts": [
+            dict(
+                prompt_target="circle",
+                prompt_positive="big circle",
+                prompt_negative="small circle",
+                pattern_target="square",
+            )
+        ],
+        "prefixes": ["a blue square and a"],
+    }
     with pytest.raises(SpanError, match="prefix"):
         contrastive_delta(sd15, cfg)
 

@@ -1,4 +1,5 @@
 """Delta: safetensors round trip, arithmetic, model checks, bad files, original attribute-control .pt files."""
+
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ def random_delta(dims, seed=0, **meta):
 
 
 def test_round_trip_keeps_vectors_and_metadata(tmp_path):
-    d = random_delta({"clip_l": 16, "openclip_g": 32}, tag="shapes/size", family="sdxl", n_pairs=84,
-                     method="contrastive")
+    d = random_delta(
+        {"clip_l": 16, "openclip_g": 32}, tag="shapes/size", family="sdxl", n_pairs=84, method="contrastive"
+    )
     back = Delta.load(d.save(tmp_path / "sub" / "size.safetensors"))
     assert set(back.vectors) == {"clip_l", "openclip_g"}
     for k in d.vectors:

@@ -1,5 +1,6 @@
 """Where reprolib says it does what the original code does (issue #17): never-reset guidance counts its
 updates as the official loop does, and the optimization-free delta can read the original's token."""
+
 import numpy as np
 import pytest
 import torch
@@ -43,8 +44,14 @@ def test_never_reset_applies_the_update_of_the_evaluation_that_crossed_the_thres
 
 def _pair_config(**kw) -> PromptConfig:
     """Size pairs whose phrases do not end in their subject: "big red circle and a blue square"."""
-    pairs = [{"prompt_target": "red circle and a blue square", "prompt_positive": "big red circle and a blue square",
-              "prompt_negative": "small red circle and a blue square", "pattern_target": "circle"}]
+    pairs = [
+        {
+            "prompt_target": "red circle and a blue square",
+            "prompt_positive": "big red circle and a blue square",
+            "prompt_negative": "small red circle and a blue square",
+            "pattern_target": "circle",
+        }
+    ]
     return load_config({"tag": "shapes/size-pair", "prompts": pairs, "prefixes": ["a"], **kw})
 
 

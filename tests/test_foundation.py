@@ -1,4 +1,5 @@
 """Device choice, pipeline loading (and its errors), the text-conditioning adapter, tiny pipelines, generate()."""
+
 import json
 from pathlib import Path
 
@@ -99,8 +100,15 @@ def test_tokenize_offsets(sd15):
 def test_generate_reproduces_pipe(family, request):
     pipe = request.getfixturevalue(family)
     lat = initial_latents(pipe, [3], 64, 64)
-    ref = pipe("a red circle", num_inference_steps=3, latents=lat.clone(), output_type="np", height=64, width=64,
-               guidance_scale=5.0).images[0]
+    ref = pipe(
+        "a red circle",
+        num_inference_steps=3,
+        latents=lat.clone(),
+        output_type="np",
+        height=64,
+        width=64,
+        guidance_scale=5.0,
+    ).images[0]
     ours = generate(pipe, "a red circle", seed=3, steps=3, guidance_scale=5.0, output_type="np")
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -153,8 +161,11 @@ def environment_mismatches(pyproject: dict, env: dict) -> list[str]:
     pip = next((d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d), [])
     have = _deps([p for p in pip if not p.startswith("-")])
     problems = [f"{k}{v} missing from environment.yml" for k, v in wanted.items() if k not in have]
-    problems += [f"{k}: pyproject says '{v}', environment.yml says '{have[k]}'" for k, v in wanted.items()
-                 if k in have and have[k] != v]
+    problems += [
+        f"{k}: pyproject says '{v}', environment.yml says '{have[k]}'"
+        for k, v in wanted.items()
+        if k in have and have[k] != v
+    ]
     problems += [f"{k} in environment.yml but not in pyproject" for k in have if k not in wanted]
     return problems
 

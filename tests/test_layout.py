@@ -1,5 +1,6 @@
 """Layout guidance (reprolib.layout): boxes, energy, the step size per scheduler, the hook, the CLI; and its
 measurement in the shapes world (reprolib.evaluation.layout, benchmarks/layout.py)."""
+
 import importlib.util
 import json
 import math
@@ -43,6 +44,7 @@ def _guidance(cond, emb, boxes=BOXES, **cfg):
 
 # ----------------------------------------------------------------------------- energy on synthetic maps
 
+
 def _maps(inside: float, h=4, w=4, tokens=5, token=2, heads=2):
     """(1, heads, h, w, tokens): token ``token`` puts ``inside`` of its attention in the top-left quarter."""
     a = torch.full((1, heads, h, w, tokens), 1.0 / tokens)
@@ -62,7 +64,7 @@ def test_energy_on_synthetic_maps(inside, expected):
 def test_energy_averages_maps_and_phrases():
     a, b = Target("a", [(0.0, 0.0, 0.5, 0.5)], [[2]]), Target("b", [(0.0, 0.0, 0.5, 0.5)], [[3]])
     m = _maps(1.0)  # token 2 inside; token 3 uniform: 1/4 inside → (3/4)²
-    assert float(layout_energy([m], [a, b])) == pytest.approx((0 + 0.75 ** 2) / 2, abs=1e-6)
+    assert float(layout_energy([m], [a, b])) == pytest.approx((0 + 0.75**2) / 2, abs=1e-6)
     assert float(layout_energy([m, _maps(0.0, h=8, w=8)], [a])) == pytest.approx(0.5, abs=1e-6)
     m2 = m.clone()
     m2[..., 2] = m[..., 2] * 7  # a scale on the map does not change the energy
@@ -80,16 +82,20 @@ def test_box_mask_covers_fractions_of_cells():
 
 # ----------------------------------------------------------------------------- boxes
 
-@pytest.mark.parametrize("boxes, message", [
-    ({"red circle": (0.0, 0.0, 1.5, 0.5)}, "not normalised"),
-    ({"red circle": (0.5, 0.0, 0.2, 0.5)}, "x0 < x1"),
-    ({"red circle": (0.0, 0.6, 0.5, 0.5)}, "x0 < x1 and y0 < y1"),
-    ({"red circle": (0.0, 0.0, 0.5)}, "four finite numbers"),
-    ({"red circle": (0.0, float("nan"), 0.5, 0.5)}, "four finite numbers"),
-    ({"red circle": 0.5}, "must be"),
-    ({}, "non-empty dict"),
-    ([("red circle", (0, 0, 1, 1))], "non-empty dict"),
-])
+
+@pytest.mark.parametrize(
+    "boxes, message",
+    [
+        ({"red circle": (0.0, 0.0, 1.5, 0.5)}, "not normalised"),
+        ({"red circle": (0.5, 0.0, 0.2, 0.5)}, "x0 < x1"),
+        ({"red circle": (0.0, 0.6, 0.5, 0.5)}, "x0 < x1 and y0 < y1"),
+        ({"red circle": (0.0, 0.0, 0.5)}, "four finite numbers"),
+        ({"red circle": (0.0, float("nan"), 0.5, 0.5)}, "four finite numbers"),
+        ({"red circle": 0.5}, "must be"),
+        ({}, "non-empty dict"),
+        ([("red circle", (0, 0, 1, 1))], "non-empty dict"),
+    ],
+)
 def test_bad_boxes_are_refused_clearly(boxes, message):
     with pytest.raises(BoxError, match=message):
         normalise_boxes(boxes)
@@ -123,6 +129,7 @@ def test_config_is_checked():
 
 
 # ----------------------------------------------------------------------------- the step size
+
 
 def test_step_scale_follows_the_formula_for_vp_and_ve_schedulers(sd15):
     ddim = DDIMScheduler.from_config(sd15.scheduler.config)
@@ -171,6 +178,7 @@ def test_vp_and_ve_updates_are_the_same_step(sd15):
 
 # ----------------------------------------------------------------------------- the hook
 
+
 def test_guidance_lowers_the_energy_and_moves_the_latents(any_tiny):
     cond, emb, x = _setup(any_tiny)
     g = _guidance(cond, emb, eta=100.0, max_iters=3, loss_threshold=0.0)
@@ -185,10 +193,18 @@ def test_guidance_lowers_the_energy_and_moves_the_latents(any_tiny):
 
 def test_guided_generation_differs_from_unguided(any_tiny):
     plain = generate(any_tiny, PROMPT, seed=2, steps=3, output_type="latent")
-    idle = generate(any_tiny, PROMPT, seed=2, steps=3, output_type="latent", boxes=BOXES,
-                    layout=LayoutConfig(guidance_steps=0))
-    guided = generate(any_tiny, PROMPT, seed=2, steps=3, output_type="latent", boxes=BOXES,
-                      layout=LayoutConfig(eta=100.0, guidance_steps=2, max_iters=1, loss_threshold=0.0))
+    idle = generate(
+        any_tiny, PROMPT, seed=2, steps=3, output_type="latent", boxes=BOXES, layout=LayoutConfig(guidance_steps=0)
+    )
+    guided = generate(
+        any_tiny,
+        PROMPT,
+        seed=2,
+        steps=3,
+        output_type="latent",
+        boxes=BOXES,
+        layout=LayoutConfig(eta=100.0, guidance_steps=2, max_iters=1, loss_threshold=0.0),
+    )
     assert torch.allclose(plain, idle, atol=1e-6)
     assert (guided - plain).abs().max() > 1e-3
 
@@ -199,8 +215,9 @@ def test_without_reset_guidance_stops_after_the_first_threshold_hit(sd15):
     for reset in (True, False):
         g = _guidance(cond, emb, max_iters=5, loss_threshold=1.0, guidance_steps=3, reset_each_step=reset)
         with g:  # E ≤ 1 always: the first evaluation of each step is under the threshold
-            moved[reset] = [not torch.equal(g.before_step(i, t, x, emb), x)
-                            for i, t in enumerate(sd15.scheduler.timesteps)]
+            moved[reset] = [
+                not torch.equal(g.before_step(i, t, x, emb), x) for i, t in enumerate(sd15.scheduler.timesteps)
+            ]
         runs[reset] = [h["step"] for h in g.history]
     assert runs[True] == [0, 1, 2] and moved[True] == [False] * 4  # measured afresh: never above, no update
     # the official loop: its first evaluation makes its update whatever the energy, then it stops for good
@@ -258,10 +275,18 @@ def test_forward_mode_moves_attention_into_the_box(sd15):
     cfg = dict(mode="forward", forward_strength=1.0, guidance_steps=1)
     g = _guidance(cond, emb, **cfg)
     store = AttentionStore(sd15.unet, g.layers, rows="cond", batch=2)
-    hook = type("Clock", (), {"before_step": lambda s, i, t, lat, c: (setattr(store, "step", i), lat)[1],
-                              "__enter__": lambda s: store.__enter__(), "__exit__": lambda s, *e: store.__exit__()})()
-    guided = generate(sd15, PROMPT, seed=0, steps=2, hooks=[hook], boxes=BOXES, layout=LayoutConfig(**cfg),
-                      output_type="latent")
+    hook = type(
+        "Clock",
+        (),
+        {
+            "before_step": lambda s, i, t, lat, c: (setattr(store, "step", i), lat)[1],
+            "__enter__": lambda s: store.__enter__(),
+            "__exit__": lambda s, *e: store.__exit__(),
+        },
+    )()
+    guided = generate(
+        sd15, PROMPT, seed=0, steps=2, hooks=[hook], boxes=BOXES, layout=LayoutConfig(**cfg), output_type="latent"
+    )
     plain = generate(sd15, PROMPT, seed=0, steps=2, output_type="latent")
     grids = lambda s: [store.grid(n, s) for n in g.layers]  # noqa: E731
     assert float(layout_energy(grids(0), g.targets)) < 1e-6  # step 0: all inside (λ = 1)
@@ -282,11 +307,33 @@ def test_attention_maps_ignore_guidance_passes(sd15):
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def test_cli_writes_image_overlays_and_settings(tmp_path):
     out = tmp_path / "run"
-    rc = main(["--model", "tiny-sd15", "--prompt", PROMPT, "--box", "red circle=0,0,0.5,0.5",
-               "--box", "blue square=0.5,0.5,1,1", "--seed", "445", "--steps", "2", "--eta", "50",
-               "--guidance-steps", "1", "--max-iters", "2", "--out", str(out)])
+    rc = main(
+        [
+            "--model",
+            "tiny-sd15",
+            "--prompt",
+            PROMPT,
+            "--box",
+            "red circle=0,0,0.5,0.5",
+            "--box",
+            "blue square=0.5,0.5,1,1",
+            "--seed",
+            "445",
+            "--steps",
+            "2",
+            "--eta",
+            "50",
+            "--guidance-steps",
+            "1",
+            "--max-iters",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     for name in ("image.png", "attention_red_circle.png", "attention_blue_square.png", "attention_grid.png"):
         assert (out / name).stat().st_size > 0
@@ -298,13 +345,13 @@ def test_cli_writes_image_overlays_and_settings(tmp_path):
 
 
 def test_cli_refuses_bad_boxes(tmp_path, capsys):
-    rc = main(["--model", "tiny-sd15", "--prompt", PROMPT, "--box", "green triangle=0,0,1,1", "--out",
-               str(tmp_path)])
+    rc = main(["--model", "tiny-sd15", "--prompt", PROMPT, "--box", "green triangle=0,0,1,1", "--out", str(tmp_path)])
     assert rc == 2 and "green triangle" in capsys.readouterr().err
     assert not (tmp_path / "image.png").exists()
 
 
 # ----------------------------------------------------------------------------- measured in-box table (shapes world)
+
 
 def _circle_scene(cx, cy, size=8.0):
     from reprolib.shapes import world
@@ -338,8 +385,12 @@ def test_layout_table_summary_counts_found_objects_and_times_per_image():
     from reprolib.evaluation.layout import LayoutTable, Run
 
     nan = float("nan")
-    runs = [Run("unguided", "c", 0, "red circle", 0.2, 1.0), Run("unguided", "c", 1, "red circle", nan, 3.0),
-            Run("backward", "c", 0, "red circle", 0.9, 4.0), Run("backward", "c", 1, "red circle", 0.7, 8.0)]
+    runs = [
+        Run("unguided", "c", 0, "red circle", 0.2, 1.0),
+        Run("unguided", "c", 1, "red circle", nan, 3.0),
+        Run("backward", "c", 0, "red circle", 0.9, 4.0),
+        Run("backward", "c", 1, "red circle", 0.7, 8.0),
+    ]
     s = LayoutTable(runs, ["unguided", "backward"], ["c"], [0, 1]).summary()
     assert s["unguided"]["in_box"] == pytest.approx(0.2) and s["unguided"]["found"] == 0.5
     assert s["unguided"]["in_box_all"] == pytest.approx(0.1)
@@ -351,8 +402,9 @@ def test_layout_probe_returns_a_table_per_method_case_seed_and_phrase(sd15):
     from reprolib.evaluation.layout import DEFAULT_CASES, layout_probe, methods
 
     cases = [c for c in DEFAULT_CASES if c.name in ("circle top-left", "pair: both boxed")]
-    configs = {k: v for k, v in methods(eta=50.0, max_iters=1, guidance_steps=1).items()
-               if k in ("unguided", "backward")}
+    configs = {
+        k: v for k, v in methods(eta=50.0, max_iters=1, guidance_steps=1).items() if k in ("unguided", "backward")
+    }
     table = layout_probe(sd15, cases, seeds=[0, 1], configs=configs, steps=2, warmup=False, keep_images=True)
     assert table.methods == ["unguided", "backward"] and table.cases == [c.name for c in cases]
     assert len(table.runs) == 2 * 2 * (1 + 2)  # methods × seeds × boxed phrases over the cases
@@ -371,9 +423,29 @@ def test_benchmark_script_runs_on_a_tiny_pipeline(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_layout", Path(__file__).parents[1] / "benchmarks/layout.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    out = bench.main(["--model", "tiny-sd15", "--seeds", "2", "--steps", "2", "--cases", "top-left,both",
-                      "--max-iters", "1", "--guidance-steps", "1", "--layers", "mid,up.1", "--ae-seeds", "1",
-                      "--ae-no-refine", "--json", str(tmp_path / "layout.json")])
+    out = bench.main(
+        [
+            "--model",
+            "tiny-sd15",
+            "--seeds",
+            "2",
+            "--steps",
+            "2",
+            "--cases",
+            "top-left,both",
+            "--max-iters",
+            "1",
+            "--guidance-steps",
+            "1",
+            "--layers",
+            "mid,up.1",
+            "--ae-seeds",
+            "1",
+            "--ae-no-refine",
+            "--json",
+            str(tmp_path / "layout.json"),
+        ]
+    )
     text = capsys.readouterr().out
     for method in ("unguided", "backward", "backward, never reset", "forward", "Attend-and-Excite"):
         assert method in text
@@ -394,7 +466,7 @@ def test_batched_guidance_equals_one_image_at_a_time(sd15):
     both = generate(sd15, "a red circle", seed=[1, 2], **kw)
     for j, s in enumerate((1, 2)):
         alone = generate(sd15, "a red circle", seed=s, **kw)
-        torch.testing.assert_close(both[j:j + 1], alone, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(both[j : j + 1], alone, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(both, generate(sd15, "a red circle", seed=[1, 2], steps=3, output_type="latent"))
 
 

@@ -1,4 +1,5 @@
 """learn_delta: the original objective (sampling, targets, counts), the cached scheme, resume, errors, CLI."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -14,11 +15,17 @@ from reprolib.learn_delta.__main__ import main
 from reprolib.prompts import ConfigError, Pair, PromptConfig
 from reprolib.tokens import SpanError
 
-CFG = PromptConfig("test/size", [Pair("red circle", "big red circle", "small red circle", "circle"),
-                                 Pair("blue square", "big blue square", "small blue square", "square")],
-                   ["a", "a green circle and a"])  # the prefix's "circle" is not the subject
-TINY = dict(max_steps=2, grad_accum_steps=2, scale_batch_size=2, num_steps=4, height=32, width=32,
-            cache_size=2, progress=False)
+CFG = PromptConfig(
+    "test/size",
+    [
+        Pair("red circle", "big red circle", "small red circle", "circle"),
+        Pair("blue square", "big blue square", "small blue square", "square"),
+    ],
+    ["a", "a green circle and a"],
+)  # the prefix's "circle" is not the subject
+TINY = dict(
+    max_steps=2, grad_accum_steps=2, scale_batch_size=2, num_steps=4, height=32, width=32, cache_size=2, progress=False
+)
 
 
 def _files(d):
@@ -79,13 +86,15 @@ def test_x0_loss_is_eps_loss_over_snr(sd21):
 
 
 def test_sampling_is_the_pipelines(sd15):
-    p = Problem(sd15, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2,
-                height=32, width=32)
+    p = Problem(
+        sd15, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2, height=32, width=32
+    )
     key = ("noise", "test", 0)
     ours = p.sample(1, key, 4)
     text = PromptConfig.join(*[(pre, pair.target) for pre, pair in [CFG.combinations()[1]]][0])
-    ref = sd15(text, latents=p.noise(key), num_inference_steps=4, guidance_scale=7.5, height=32, width=32,
-               output_type="latent").images
+    ref = sd15(
+        text, latents=p.noise(key), num_inference_steps=4, guidance_scale=7.5, height=32, width=32, output_type="latent"
+    ).images
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
     xs, outs = p.sample(1, key, 4, keep=True)  # a cached trajectory passes through every partial sample
     torch.testing.assert_close(xs[2], p.sample(1, key, 2))
@@ -95,8 +104,9 @@ def test_sampling_is_the_pipelines(sd15):
 @torch.no_grad()
 def test_cached_targets_equal_fresh_ones(sd21):
     """A cached cell (target prediction taken from the guided step, or computed) = the original's three calls."""
-    p = Problem(sd21, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2,
-                height=32, width=32)
+    p = Problem(
+        sd21, CFG, seed=0, target="x0", num_steps=4, guidance_scale=7.5, scale_batch_size=2, height=32, width=32
+    )
     pool = TrajectoryPool(p, 1, 0.0)
     pool.advance(1)
     tr = pool.slots[0]
@@ -178,8 +188,9 @@ def test_bad_input_is_explained(sd15):
     bad = PromptConfig("bad", [Pair("red circle", "big red circle", "small red circle", "square")], ["a"])
     with pytest.raises(SpanError, match="square"):
         learn_delta(sd15, bad, **TINY)
-    subject_in_prefix_only = PromptConfig("bad", [Pair("red circle", "big red circle", "small red circle",
-                                                       "triangle")], ["a blue triangle and a"])
+    subject_in_prefix_only = PromptConfig(
+        "bad", [Pair("red circle", "big red circle", "small red circle", "triangle")], ["a blue triangle and a"]
+    )
     with pytest.raises(SpanError, match="only in the prefix"):
         learn_delta(sd15, subject_in_prefix_only, **TINY)
     with pytest.raises(ConfigError, match="no prompt config"):
@@ -203,9 +214,33 @@ def test_init_starts_from_the_given_delta(sd15):
 
 def test_cli_on_tiny_sd15(tmp_path, capsys):
     out = tmp_path / "run"
-    main(["--model", "tiny-sd15", "--prompts", "shapes/size", "--out", str(out), "--max-steps", "2",
-          "--grad-accum", "2", "--scale-batch-size", "2", "--steps", "4", "--cache-size", "1",
-          "--height", "32", "--width", "32", "--no-compile", "--gradient-checkpointing", "--cosine"])
+    main(
+        [
+            "--model",
+            "tiny-sd15",
+            "--prompts",
+            "shapes/size",
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--grad-accum",
+            "2",
+            "--scale-batch-size",
+            "2",
+            "--steps",
+            "4",
+            "--cache-size",
+            "1",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--no-compile",
+            "--gradient-checkpointing",
+            "--cosine",
+        ]
+    )
     d = Delta.load(out / "delta.safetensors")
     assert d.meta["method"] == "learned" and d.meta["model"] == "tiny-sd15" and d.meta["tag"] == "shapes/size"
     cfg = json.loads((out / "config.json").read_text())
@@ -219,9 +254,30 @@ def test_cost_benchmark_script_runs_on_a_tiny_pipeline(capsys):
     spec = importlib.util.spec_from_file_location("bench_cost", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    res = bench.main(["--model", "tiny-sd15", "--prompts", "shapes/size", "--steps", "2", "--grad-accum", "2",
-                      "--scale-batch-size", "2", "--num-steps", "4", "--heldout", "2", "--project", "3",
-                      "--height", "32", "--width", "32"])
+    res = bench.main(
+        [
+            "--model",
+            "tiny-sd15",
+            "--prompts",
+            "shapes/size",
+            "--steps",
+            "2",
+            "--grad-accum",
+            "2",
+            "--scale-batch-size",
+            "2",
+            "--num-steps",
+            "4",
+            "--heldout",
+            "2",
+            "--project",
+            "3",
+            "--height",
+            "32",
+            "--width",
+            "32",
+        ]
+    )
     assert set(res) == {"original", "cached", "projected"}
     assert res["original"]["rows"] > 0 and res["cached"]["rows"] > 0
     assert "fewer rows" in capsys.readouterr().out

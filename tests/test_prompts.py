@@ -1,4 +1,5 @@
 """Prompt configs: brace expansion, the original YAML format, shipped configs, clear errors."""
+
 from pathlib import Path
 
 import pytest
@@ -66,13 +67,20 @@ def test_shapes_size_contrasts_only_the_size_word():
 
 
 def test_dict_and_list_prefixes():
-    cfg = load_config({"tag": "t", "prompts": [dict(prompt_target="cat", prompt_positive="fat cat",
-                                                    prompt_negative="thin cat", pattern_target="cat")],
-                       "prefixes": ["a", "  a  photo of a "]})
+    cfg = load_config(
+        {
+            "tag": "t",
+            "prompts": [
+                dict(prompt_target="cat", prompt_positive="fat cat", prompt_negative="thin cat", pattern_target="cat")
+            ],
+            "prefixes": ["a", "  a  photo of a "],
+        }
+    )
     assert cfg.prefixes == ["a", "a photo of a"]
     assert load_config(cfg) is cfg
-    no_prefix = load_config({"tag": "t", "prompts": [dict(prompt_target="x", prompt_positive="y",
-                                                          prompt_negative="z", pattern_target="x")]})
+    no_prefix = load_config(
+        {"tag": "t", "prompts": [dict(prompt_target="x", prompt_positive="y", prompt_negative="z", pattern_target="x")]}
+    )
     assert no_prefix.prefixes == [""]
 
 
@@ -89,8 +97,20 @@ def test_missing_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="'prompts'"):
         load_config({"tag": "x"})
     with pytest.raises(ConfigError, match="unknown key"):
-        load_config({"tag": "x", "prompts": [dict(prompt_target="a", prompt_positive="b", prompt_negative="c",
-                                                  pattern_target="a", pattern_postive="b")]})
+        load_config(
+            {
+                "tag": "x",
+                "prompts": [
+                    dict(
+                        prompt_target="a",
+                        prompt_positive="b",
+                        prompt_negative="c",
+                        pattern_target="a",
+                        pattern_postive="b",
+                    )
+                ],
+            }
+        )
 
 
 def test_malformed_yaml(tmp_path):
@@ -105,5 +125,10 @@ def test_malformed_yaml(tmp_path):
 
 def test_bad_interpolation():
     with pytest.raises(ConfigError, match="combinations"):
-        load_config({"tag": "x", "prompts": [dict(prompt_target="a", prompt_positive="b", prompt_negative="c",
-                                                  pattern_target="a")], "prefixes": "${oc.env:HOME}"})
+        load_config(
+            {
+                "tag": "x",
+                "prompts": [dict(prompt_target="a", prompt_positive="b", prompt_negative="c", pattern_target="a")],
+                "prefixes": "${oc.env:HOME}",
+            }
+        )

@@ -1,4 +1,5 @@
 """The shapes world: determinism, the ruler's accuracy, the tokenizer, and the training command."""
+
 import json
 
 import numpy as np
@@ -24,7 +25,7 @@ def test_scene_rules():
             x0, y0, x1, y1 = o.bbox
             assert 0 <= x0 and x1 <= world.RES and 0 <= y0 and y1 <= world.RES
         for i, o in enumerate(s.objects):  # no overlap
-            for p in s.objects[i + 1:]:
+            for p in s.objects[i + 1 :]:
                 assert not world._overlaps(o, p, margin=0)
 
 
@@ -156,8 +157,9 @@ def test_scene_mixes():
     assert repeats > 0.5  # 35% forced, plus the chance repeats
     for s in v2:
         assert len({o.colour for o in s.objects}) == len(s.objects)  # the ruler finds objects by colour
-        assert [(p["shape"], p["colour"]) for p in world.parse_caption(s.caption)] == \
-            [(o.shape, o.colour) for o in s.objects]
+        assert [(p["shape"], p["colour"]) for p in world.parse_caption(s.caption)] == [
+            (o.shape, o.colour) for o in s.objects
+        ]
 
 
 def test_fine_tune_from_a_run(tmp_path):

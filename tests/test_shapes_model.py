@@ -1,4 +1,5 @@
 """The shipped shapes-world model: it loads fast, obeys captions, and its deltas act continuously."""
+
 import time
 
 import numpy as np

@@ -1,4 +1,5 @@
 """token_span: words, phrases and regexes → token positions; sub-word safe; clear errors."""
+
 import pytest
 
 from reprolib.conditioning import TextConditioning
@@ -12,7 +13,7 @@ def cond(sd15):
 
 def words(toks, pos):
     """The prompt text the positions cover, for readable assertions."""
-    return [toks.text[toks.offsets[i][0]:toks.offsets[i][1]] for i in pos]
+    return [toks.text[toks.offsets[i][0] : toks.offsets[i][1]] for i in pos]
 
 
 def test_sub_words_with_real_bpe(cond, bpe):

@@ -1,4 +1,5 @@
 """attribute_slider: render(alphas) gives images, frames are cached, moving a slider re-renders."""
+
 import numpy as np
 import pytest
 from PIL import Image

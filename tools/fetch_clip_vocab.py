@@ -7,6 +7,7 @@ The vocabulary ships inside the ``open_clip_torch`` wheel (MIT). The wheel is on
 From its ``bpe_simple_vocab_16e6.txt.gz``, OpenAI's byte-level rules give vocab.json (49,408 tokens)
 and merges.txt, which a transformers ``CLIPTokenizer`` reads.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -28,15 +29,29 @@ def main() -> int:
     wheels = CACHE / "wheels"
     found = sorted(wheels.glob("open_clip_torch-*.whl"))
     if not found:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                            "-d", str(wheels), "open_clip_torch"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                str(wheels),
+                "open_clip_torch",
+            ],
+            capture_output=True,
+            text=True,
+        )
         found = sorted(wheels.glob("open_clip_torch-*.whl"))
         if not found:
             print(f"could not download the open_clip_torch wheel: {r.stderr.strip()[-300:]}", file=sys.stderr)
             return 1
     with zipfile.ZipFile(found[-1]) as z:
         lines = gzip.decompress(z.read("open_clip/bpe_simple_vocab_16e6.txt.gz")).decode().split("\n")
-    merges = [tuple(m.split()) for m in lines[1:N_MERGES + 1]]
+    merges = [tuple(m.split()) for m in lines[1 : N_MERGES + 1]]
     alphabet = byte_alphabet()
     vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

@@ -1,8 +1,9 @@
 """The main job: execute the chapters in order on the shapes-world model, in place; they write ``figures/``.
 
-    python tools/run_notebooks.py                 # all of notebooks/NN_*.ipynb
-    python tools/run_notebooks.py 02 04           # only the chapters whose names start with these
+python tools/run_notebooks.py                 # all of notebooks/NN_*.ipynb
+python tools/run_notebooks.py 02 04           # only the chapters whose names start with these
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Layer names are the ``Attention`` modules' names, e.g.
 select by prefix, and an ``int`` selects every cross-attention layer whose maps are that many cells
 wide at the UNet's default latent size (``16``: the 16×16 layers of SD 1.5 at 512 px).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,11 @@ def match_layers(layers: Sequence[tuple[str, int]], spec) -> list[str]:
         if not hit:
             sides = sorted({r for _, r in layers})
             blocks = sorted({".".join(n.split(".")[:2]).replace(".attentions", "") for n in names})
-            raise ValueError(f"layer pattern {p!r} selects no cross-attention layer. Use a block prefix "
-                             f"({', '.join(blocks)}; 'mid', 'up.N', 'down.N' for short), a full layer name, "
-                             f"or a map side in {sides}.")
+            raise ValueError(
+                f"layer pattern {p!r} selects no cross-attention layer. Use a block prefix "
+                f"({', '.join(blocks)}; 'mid', 'up.N', 'down.N' for short), a full layer name, "
+                f"or a map side in {sides}."
+            )
         chosen.update(hit)
     return [n for n in names if n in chosen]
 

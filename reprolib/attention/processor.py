@@ -6,6 +6,7 @@ the *selected* layers only, hands them to :class:`~reprolib.protocols.AttentionL
 (recorders such as :class:`~reprolib.attention.store.AttentionStore`, editors such as forward layout
 guidance) and is otherwise the default computation; every other layer keeps its processor untouched.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -29,8 +30,16 @@ class ProbsProcessor:
         self.listeners: list[AttentionListener] = []
         self.fallback = AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ):
         live = [lis for lis in self.listeners if lis.active]
         if not live:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)

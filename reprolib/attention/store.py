@@ -1,9 +1,10 @@
 """Recording cross-attention probabilities per layer and step: :class:`AttentionStore`.
 
-    with record_attention(pipe.unet, layers=["mid", "up.1"]) as store:
-        pipe.unet(...)
-    store.grid(name)  # (batch, heads, h, w, tokens)
+with record_attention(pipe.unet, layers=["mid", "up.1"]) as store:
+    pipe.unet(...)
+store.grid(name)  # (batch, heads, h, w, tokens)
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -35,9 +36,21 @@ class AttentionStore:
 
     edits = False
 
-    def __init__(self, unet, layers=None, *, keep_grad: bool = False, rows=None, batch: int | None = None,
-                 heads: str = "keep", tokens: Sequence[int] | None = None, to_cpu: bool = False,
-                 steps: Iterable[int] | None = None, aspect: float = 1.0, stop_when_full: bool = False):
+    def __init__(
+        self,
+        unet,
+        layers=None,
+        *,
+        keep_grad: bool = False,
+        rows=None,
+        batch: int | None = None,
+        heads: str = "keep",
+        tokens: Sequence[int] | None = None,
+        to_cpu: bool = False,
+        steps: Iterable[int] | None = None,
+        aspect: float = 1.0,
+        stop_when_full: bool = False,
+    ):
         if heads not in ("keep", "mean"):
             raise ValueError(f"heads must be 'keep' or 'mean', not {heads!r}")
         self.unet = unet
@@ -72,7 +85,7 @@ class AttentionStore:
         if isinstance(self.rows, str):
             if self.rows != "cond":
                 raise ValueError(f"rows must be 'cond', a slice or indices, not {self.rows!r}")
-            p = p[p.shape[0] // 2:]
+            p = p[p.shape[0] // 2 :]
         elif self.rows is not None:
             p = p[self.rows]
         if self.tokens is not None:

@@ -4,11 +4,14 @@
 ``localisation`` (where a noun's attention goes), ``faithfulness`` (does the image match its caption),
 ``card`` (the model card), ``stats``. CLI: ``python -m reprolib.evaluation --n 200 --attention 32``.
 """
+
 from .deltas import Sweep, presence, size_sweep
 from .layout import DEFAULT_CASES, Case, LayoutTable, layout_probe, methods
 from .stats import spearman
 
 # faithfulness() and localisation() are imported from their modules of the same name (a re-export here
 # would hide the module behind the function)
+# fmt: off
 __all__ = ["DEFAULT_CASES", "Case", "LayoutTable", "Sweep", "layout_probe", "methods", "presence", "size_sweep",
            "spearman"]
+# fmt: on

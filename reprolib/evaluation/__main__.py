@@ -1,10 +1,11 @@
 """``python -m reprolib.evaluation``: measure the shapes-world model (faithfulness, attention localisation).
 
-    python -m reprolib.evaluation --n 200                     # faithfulness on 200 fresh captions
-    python -m reprolib.evaluation --n 200 --attention 32      # + attention localisation on 32 scenes
-    python -m reprolib.evaluation --n 200 --attention 32 --card   # + MODEL_CARD.md of the shipped weights
-    python -m reprolib.evaluation --n 0 --specificity 12      # size-delta leak for every shape pair, 12 seeds
+python -m reprolib.evaluation --n 200                     # faithfulness on 200 fresh captions
+python -m reprolib.evaluation --n 200 --attention 32      # + attention localisation on 32 scenes
+python -m reprolib.evaluation --n 200 --attention 32 --card   # + MODEL_CARD.md of the shipped weights
+python -m reprolib.evaluation --n 0 --specificity 12      # size-delta leak for every shape pair, 12 seeds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,20 @@ from .specificity import specificity
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reprolib.evaluation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m reprolib.evaluation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="shapes")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--attention", type=int, default=0, help="also measure attention localisation on N scenes")
-    p.add_argument("--specificity", type=int, default=0, metavar="SEEDS",
-                   help="also measure subject specificity of the size delta (and size+colour composition)")
+    p.add_argument(
+        "--specificity",
+        type=int,
+        default=0,
+        metavar="SEEDS",
+        help="also measure subject specificity of the size delta (and size+colour composition)",
+    )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
     a = p.parse_args(argv)
@@ -39,22 +46,33 @@ def main(argv=None) -> int:
     out = {}
     if a.n:
         out["faithfulness"] = f = faithfulness(pipe, a.n, a.seed)
-        print(f"caption faithfulness on {f['captions']} fresh captions: colour {f['colour']:.3f}  "
-              f"shape {f['shape']:.3f}  count {f['count']:.3f}  size word {f['size']:.3f}  "
-              f"({f['seconds_per_image']:.3f} s/image)")
+        print(
+            f"caption faithfulness on {f['captions']} fresh captions: colour {f['colour']:.3f}  "
+            f"shape {f['shape']:.3f}  count {f['count']:.3f}  size word {f['size']:.3f}  "
+            f"({f['seconds_per_image']:.3f} s/image)"
+        )
     if a.attention:
         out["attention"] = localisation(pipe, a.attention)
         for layer, v in out["attention"]["layers"].items():
             print(f"attention  {layer:<28} noun mass on its object ÷ uniform share: {v:.2f}×")
     if a.specificity:
-        spec = specificity(pipe, contrastive_delta(pipe, "shapes/size"), contrastive_delta(pipe, "shapes/colour"),
-                           seeds=range(a.specificity))
+        spec = specificity(
+            pipe,
+            contrastive_delta(pipe, "shapes/size"),
+            contrastive_delta(pipe, "shapes/colour"),
+            seeds=range(a.specificity),
+        )
         print(spec)
-        out["specificity"] = {"alpha": spec.alpha, "seeds": len(spec.seeds), "worst_leak": spec.worst_leak(),
-                              "worst_kept": spec.worst_kept(),
-                              "pairs": {f"{s} -> {b}": {"leak": v, "growth_px": spec.growth[(s, b)],
-                                                        "kept": spec.kept.get((s, b))}
-                                        for (s, b), v in spec.leak.items()}}
+        out["specificity"] = {
+            "alpha": spec.alpha,
+            "seeds": len(spec.seeds),
+            "worst_leak": spec.worst_leak(),
+            "worst_kept": spec.worst_kept(),
+            "pairs": {
+                f"{s} -> {b}": {"leak": v, "growth_px": spec.growth[(s, b)], "kept": spec.kept.get((s, b))}
+                for (s, b), v in spec.leak.items()
+            },
+        }
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

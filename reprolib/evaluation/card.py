@@ -1,4 +1,5 @@
 """The shapes-world model card: how the shipped weights were trained and what the evaluation measured."""
+
 from __future__ import annotations
 
 import json
@@ -11,27 +12,44 @@ def write_card(out: dict, args) -> str:
     train = json.loads((SHAPES_DIR / "training.json").read_text())
     f = out["faithfulness"]
     lines = [
-        "# shapes-world model card", "",
+        "# shapes-world model card",
+        "",
         "A tiny latent diffusion model of Stable Diffusion's classes (AutoencoderKL 64×64 → 16×16×4, "
         "UNet2DConditionModel with cross-attention at 16×16, 8×8 and 4×4, CLIPTextModel trained from scratch, "
-        "a word-level CLIPTokenizer, DDIMScheduler with SD's scaled-linear betas), trained on CPU by reprolib.", "",
-        "## Training", "",
-        *(["- commands (the run was resumed; in order):", *[f"  - `{c}`" for c in train["commands"]]]
-          if len(train.get("commands", [])) > 1 else [f"- command: `{train['command']}`"]),
+        "a word-level CLIPTokenizer, DDIMScheduler with SD's scaled-linear betas), trained on CPU by reprolib.",
+        "",
+        "## Training",
+        "",
+        *(
+            ["- commands (the run was resumed; in order):", *[f"  - `{c}`" for c in train["commands"]]]
+            if len(train.get("commands", [])) > 1
+            else [f"- command: `{train['command']}`"]
+        ),
         f"- VAE steps: {train['vae_steps']}, UNet + text-encoder steps done: {train['unet_steps_done']} "
         f"(batch {train['batch']}, seed {train['seed']}, {train['scenes']} scenes); EMA weights shipped",
         f"- final smoothed training loss: {train['final_loss']:.4f}" if train.get("final_loss") else "",
-        "- export: `python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights`", "",
-        "## Measured (`python -m " + "reprolib.evaluation " + " ".join(
-            f"--{k} {v}" for k, v in (("n", args.n), ("attention", args.attention)) if v) + " --card`)", "",
-        f"Caption faithfulness on {f['captions']} fresh random captions (25 DDIM steps, CFG 5), by the ruler:", "",
+        "- export: `python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights`",
+        "",
+        "## Measured (`python -m "
+        + "reprolib.evaluation "
+        + " ".join(f"--{k} {v}" for k, v in (("n", args.n), ("attention", args.attention)) if v)
+        + " --card`)",
+        "",
+        f"Caption faithfulness on {f['captions']} fresh random captions (25 DDIM steps, CFG 5), by the ruler:",
+        "",
         "| colour present | shape right | object count right | small/big obeyed | s per image (CPU) |",
         "|---|---|---|---|---|",
         f"| {f['colour']:.3f} | {f['shape']:.3f} | {f['count']:.3f} | {f['size']:.3f} | {f['seconds_per_image']:.2f} |",
     ]
     if "attention" in out:
-        lines += ["", f"Noun-token attention on its own object ÷ uniform share ({out['attention']['scenes']} "
-                  "two- and three-object scenes, mean over steps):", "", "| layer | ratio |", "|---|---|"]
+        lines += [
+            "",
+            f"Noun-token attention on its own object ÷ uniform share ({out['attention']['scenes']} "
+            "two- and three-object scenes, mean over steps):",
+            "",
+            "| layer | ratio |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v:.2f} |" for k, v in out["attention"]["layers"].items()]
     path = SHAPES_DIR / "MODEL_CARD.md"
     path.write_text("\n".join(line for line in lines if line is not None) + "\n")

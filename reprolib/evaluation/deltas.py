@@ -2,6 +2,7 @@
 
 The ruler (``measure``) reads each object's area from the generated image; nothing here is learned.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,17 @@ class Sweep:
         return float(abs(o[-1] - o[0]) / max(abs(t[-1] - t[0]), 1e-6))
 
 
-def size_sweep(pipe, delta, prompt: str, word: str, target: tuple[str, str], other: tuple[str, str] | None = None,
-               alphas=(-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0), seeds=range(8), **generate_kwargs) -> Sweep:
+def size_sweep(
+    pipe,
+    delta,
+    prompt: str,
+    word: str,
+    target: tuple[str, str],
+    other: tuple[str, str] | None = None,
+    alphas=(-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
+    seeds=range(8),
+    **generate_kwargs,
+) -> Sweep:
     """Generate ``prompt`` with ``(delta, word, α)`` for each α and seed; measure the (colour, shape) objects.
 
     ``target``/``other`` are (colour, shape) of the edited object and of a bystander, e.g.

@@ -6,6 +6,7 @@ The official code takes the share per head and token and averages the squared en
 box edges down to whole cells (``int(x0 * W)``). Both choices are written out here and evaluated on
 the maps of unguided generations, one change at a time.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -52,8 +53,9 @@ def energy(maps: list[torch.Tensor], targets: list[Target], mask: Mask, per_head
     return total / n
 
 
-def energy_variants(pipe, prompt: str, boxes: dict, seeds=range(8), steps: int | None = None,
-                    record_steps=range(10), layers=None) -> dict[str, float]:
+def energy_variants(
+    pipe, prompt: str, boxes: dict, seeds=range(8), steps: int | None = None, record_steps=range(10), layers=None
+) -> dict[str, float]:
     """reprolib's mean energy, then the mean |difference| to it of each official choice and of both."""
     cond = TextConditioning(pipe)
     targets = targets_for([cond.tokenize(prompt)], boxes)

@@ -2,6 +2,7 @@
 
 Captions come from a seed the training data never used, so they are new combinations.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,7 @@ def score(caption: str, image) -> dict:
     """Per-caption counts: objects asked for, colours present, shapes right, count right, size words obeyed."""
     asked = world.parse_caption(caption)
     found = measure.measure(np.asarray(image))
-    r = {"objects": len(asked), "colour": 0, "shape": 0, "count": int(len(found) == len(asked)),
-         "sized": 0, "size": 0}
+    r = {"objects": len(asked), "colour": 0, "shape": 0, "count": int(len(found) == len(asked)), "sized": 0, "size": 0}
     for a in asked:
         f = measure.find(found, colour=a["colour"])
         if f is None:
@@ -42,11 +42,16 @@ def faithfulness(pipe, n: int = 200, seed: int = EVAL_SEED, batch: int = 16, **g
     totals = {"objects": 0, "colour": 0, "shape": 0, "count": 0, "sized": 0, "size": 0}
     t0 = time.perf_counter()
     for i in range(0, n, batch):
-        caps = captions[i:i + batch]
+        caps = captions[i : i + batch]
         images = generate(pipe, caps, seed=list(range(i, i + len(caps))), **generate_kwargs)
         for c, im in zip(caps, images):
             for k, v in score(c, im).items():
                 totals[k] += v
-    return {"captions": n, "colour": totals["colour"] / totals["objects"],
-            "shape": totals["shape"] / totals["objects"], "count": totals["count"] / n,
-            "size": totals["size"] / max(1, totals["sized"]), "seconds_per_image": (time.perf_counter() - t0) / n}
+    return {
+        "captions": n,
+        "colour": totals["colour"] / totals["objects"],
+        "shape": totals["shape"] / totals["objects"],
+        "count": totals["count"] / n,
+        "size": totals["size"] / max(1, totals["sized"]),
+        "seconds_per_image": (time.perf_counter() - t0) / n,
+    }

@@ -11,6 +11,7 @@ measures the fraction of its pixels inside its box. Nothing here is learned.
 Timings are taken side by side: each seed's runs of all methods follow each other, so a machine
 that gets busier or quieter during the run slows every method alike and the ratios stay fair.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,10 @@ def phrase_colour(phrase: str) -> str:
     """The world colour named in a boxed phrase ("red circle" → "red"): how the ruler finds the object."""
     colours = [w for w in phrase.lower().split() if w in world.PALETTE]
     if len(colours) != 1:
-        raise ValueError(f"boxed phrase {phrase!r} must name exactly one colour of {list(world.PALETTE)}, "
-                         "so that the ruler can find its object (e.g. 'red circle')")
+        raise ValueError(
+            f"boxed phrase {phrase!r} must name exactly one colour of {list(world.PALETTE)}, "
+            "so that the ruler can find its object (e.g. 'red circle')"
+        )
     return colours[0]
 
 
@@ -45,13 +48,19 @@ class Case:
     def __post_init__(self):
         for phrase, bx in normalise_boxes(self.boxes).items():  # BoxError on bad boxes
             if len(bx) != 1:
-                raise ValueError(f"case {self.name!r}: give one box per phrase ({phrase!r} has {len(bx)}); "
-                                 "the ruler scores one object against one box")
+                raise ValueError(
+                    f"case {self.name!r}: give one box per phrase ({phrase!r} has {len(bx)}); "
+                    "the ruler scores one object against one box"
+                )
             phrase_colour(phrase)
 
 
-QUADRANTS = {"top-left": (0.0, 0.0, 0.5, 0.5), "top-right": (0.5, 0.0, 1.0, 0.5),
-             "bottom-left": (0.0, 0.5, 0.5, 1.0), "bottom-right": (0.5, 0.5, 1.0, 1.0)}
+QUADRANTS = {
+    "top-left": (0.0, 0.0, 0.5, 0.5),
+    "top-right": (0.5, 0.0, 1.0, 0.5),
+    "bottom-left": (0.0, 0.5, 0.5, 1.0),
+    "bottom-right": (0.5, 0.5, 1.0, 1.0),
+}
 CENTRE_LEFT = (0.05, 0.25, 0.55, 0.75)
 PAIR = "a red circle and a blue square"
 
@@ -67,10 +76,12 @@ def methods(eta: float | None = None, layers=None, **config) -> dict[str, Layout
     """The compared methods: unguided, backward (reset each step), backward never reset (the official
     code's behaviour), forward. ``eta``, ``layers`` and other :class:`LayoutConfig` fields apply to all."""
     base = LayoutConfig(layers=layers, **config, **({} if eta is None else {"eta": eta}))
-    return {"unguided": None,
-            "backward": replace(base, reset_each_step=True, mode="backward"),
-            "backward, never reset": replace(base, reset_each_step=False, mode="backward"),
-            "forward": replace(base, mode="forward")}
+    return {
+        "unguided": None,
+        "backward": replace(base, reset_each_step=True, mode="backward"),
+        "backward, never reset": replace(base, reset_each_step=False, mode="backward"),
+        "forward": replace(base, mode="forward"),
+    }
 
 
 def score(image, boxes: dict[str, Box]) -> dict[str, float]:
@@ -124,11 +135,13 @@ class LayoutTable:
             vals = np.array([r.in_box for r in runs], float)
             per_image = {(r.case, r.seed): r.seconds for r in runs}  # one time per image, not per object
             found = ~np.isnan(vals)
-            out[m] = {"in_box": float(vals[found].mean()) if found.any() else float("nan"),
-                      "found": float(found.mean()) if len(vals) else float("nan"),
-                      "in_box_all": float(np.where(found, vals, 0.0).mean()) if len(vals) else float("nan"),
-                      "seconds": float(np.mean(list(per_image.values()))) if per_image else float("nan"),
-                      "n": len(runs)}
+            out[m] = {
+                "in_box": float(vals[found].mean()) if found.any() else float("nan"),
+                "found": float(found.mean()) if len(vals) else float("nan"),
+                "in_box_all": float(np.where(found, vals, 0.0).mean()) if len(vals) else float("nan"),
+                "seconds": float(np.mean(list(per_image.values()))) if per_image else float("nan"),
+                "n": len(runs),
+            }
         base = out.get("unguided", {}).get("seconds")
         for row in out.values():
             row["ratio"] = row["seconds"] / base if base else float("nan")
@@ -141,14 +154,20 @@ class LayoutTable:
     def format(self) -> str:
         """The method table, then in-box fractions per case."""
         width = max(len(m) for m in self.methods) + 2
-        lines = [f"{'method':<{width}}{'in box':>8}{'found':>8}{'in box, missing=0':>19}{'s/image':>9}"
-                 f"{'× unguided':>12}"]
+        lines = [
+            f"{'method':<{width}}{'in box':>8}{'found':>8}{'in box, missing=0':>19}{'s/image':>9}{'× unguided':>12}"
+        ]
         for m, s in self.summary().items():
-            lines.append(f"{m:<{width}}{s['in_box']:8.2f}{s['found']:8.2f}{s['in_box_all']:19.2f}"
-                         f"{s['seconds']:9.2f}{s['ratio']:12.2f}")
+            lines.append(
+                f"{m:<{width}}{s['in_box']:8.2f}{s['found']:8.2f}{s['in_box_all']:19.2f}"
+                f"{s['seconds']:9.2f}{s['ratio']:12.2f}"
+            )
         cw = max(len(c) for c in self.cases) + 2
-        lines += ["", f"in box per case (mean over found objects, {len(self.seeds)} seeds)",
-                  f"{'case':<{cw}}" + "".join(f"{m:>{max(len(m) + 2, 8)}}" for m in self.methods)]
+        lines += [
+            "",
+            f"in box per case (mean over found objects, {len(self.seeds)} seeds)",
+            f"{'case':<{cw}}" + "".join(f"{m:>{max(len(m) + 2, 8)}}" for m in self.methods),
+        ]
         for c, row in self.by_case().items():
             lines.append(f"{c:<{cw}}" + "".join(f"{row[m]:>{max(len(m) + 2, 8)}.2f}" for m in self.methods))
         return "\n".join(lines)
@@ -157,8 +176,14 @@ class LayoutTable:
 
     def as_dict(self) -> dict:
         """JSON-ready: summary, per-case table and every run."""
-        return {"methods": self.methods, "cases": self.cases, "seeds": self.seeds, "summary": self.summary(),
-                "by_case": self.by_case(), "runs": [r.__dict__ for r in self.runs]}
+        return {
+            "methods": self.methods,
+            "cases": self.cases,
+            "seeds": self.seeds,
+            "summary": self.summary(),
+            "by_case": self.by_case(),
+            "runs": [r.__dict__ for r in self.runs],
+        }
 
 
 def _timed(pipe, case: Case, seed: int, config: LayoutConfig | None, **generate_kwargs) -> tuple[object, float]:
@@ -198,10 +223,18 @@ def _one_seed(pipe, cases: list[Case], seed: int, configs: dict, keep_images: bo
     return runs, images
 
 
-def layout_probe(pipe, cases: Sequence[Case] = tuple(DEFAULT_CASES), seeds: Iterable[int] = range(16), *,
-                 configs: dict[str, LayoutConfig | None] | None = None, steps: int | None = None,
-                 guidance_scale: float | None = None, keep_images: bool = False, warmup: bool = True,
-                 log: Callable[[str], None] | None = None) -> LayoutTable:
+def layout_probe(
+    pipe,
+    cases: Sequence[Case] = tuple(DEFAULT_CASES),
+    seeds: Iterable[int] = range(16),
+    *,
+    configs: dict[str, LayoutConfig | None] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    keep_images: bool = False,
+    warmup: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> LayoutTable:
     """Generate every case × seed × method and score the boxed objects with the ruler.
 
     ``configs``: ``{name: LayoutConfig or None (unguided)}``, default :func:`methods`. The unguided

@@ -4,6 +4,7 @@
 chapter needs well above 1 in the layers it guides with. Objects are found in the generated image by
 the ruler, so a misdrawn object counts as found only if its colour is there.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -33,5 +34,7 @@ def localisation(pipe, n_scenes: int = 32, seed: int = 20_011, steps: int | None
                 m = maps.word(word, layer=layer, size=f.mask.shape).numpy()
                 ratios[layer].append(float((m * f.mask).sum() / max(m.sum(), 1e-12) / share))
     res = {layer: maps.resolutions[layer] for layer in ratios}
-    return {"scenes": n_scenes, "layers": {f"{layer} ({res[layer]}x{res[layer]})": float(np.mean(v))
-                                           for layer, v in ratios.items()}}
+    return {
+        "scenes": n_scenes,
+        "layers": {f"{layer} ({res[layer]}x{res[layer]})": float(np.mean(v)) for layer, v in ratios.items()},
+    }

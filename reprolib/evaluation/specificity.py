@@ -6,6 +6,7 @@ token only, and the ruler measures both objects' areas at α = 0 and α. *Leak* 
 mean area change ÷ the subject's (0: perfectly specific). *Composition*: size and colour edits
 stacked on the subject; how often the bystander is still in the picture.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,9 +41,12 @@ class Specificity:
         return min(self.kept.values()) if self.kept else float("nan")
 
     def format(self) -> str:
-        lines = [f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
-                 "area change ÷ subject's", f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}"
-                 + (f"{'bystander kept':>16}" if self.kept else "")]
+        lines = [
+            f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
+            "area change ÷ subject's",
+            f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}"
+            + (f"{'bystander kept':>16}" if self.kept else ""),
+        ]
         for key, v in self.leak.items():
             kept = f"{self.kept[key]:16.2f}" if key in self.kept else ""
             lines.append(f"{key[0] + ' → ' + key[1]:<24}{v:8.3f}{self.growth[key]:13.0f}{kept}")
@@ -53,9 +57,17 @@ class Specificity:
     __str__ = format
 
 
-def specificity(pipe, size: Delta, colour: Delta | None = None, *, alpha: float = 1.5, seeds=range(12),
-                colours: tuple[str, str] = ("red", "blue"), composition: tuple[float, float] = (2.0, 1.0),
-                **generate_kwargs) -> Specificity:
+def specificity(
+    pipe,
+    size: Delta,
+    colour: Delta | None = None,
+    *,
+    alpha: float = 1.5,
+    seeds=range(12),
+    colours: tuple[str, str] = ("red", "blue"),
+    composition: tuple[float, float] = (2.0, 1.0),
+    **generate_kwargs,
+) -> Specificity:
     """Measure leak for every (subject, bystander) shape pair; with ``colour``, also the stacked-edit presence.
 
     The composition prompt's bystander is green (the colour delta turns red into blue, so a blue
@@ -67,15 +79,32 @@ def specificity(pipe, size: Delta, colour: Delta | None = None, *, alpha: float 
     for subject in world.SHAPES:
         for bystander in world.SHAPES:
             prompt = f"a {a} {subject} and a {b} {bystander}"
-            sweep = size_sweep(pipe, size, prompt, subject_pattern(a, subject), (a, subject), (b, bystander),
-                               alphas=(0.0, alpha), seeds=seeds, **generate_kwargs)
+            sweep = size_sweep(
+                pipe,
+                size,
+                prompt,
+                subject_pattern(a, subject),
+                (a, subject),
+                (b, bystander),
+                alphas=(0.0, alpha),
+                seeds=seeds,
+                **generate_kwargs,
+            )
             out.leak[(subject, bystander)] = sweep.leak()
             t = np.nanmean(sweep.target, axis=1)
             out.growth[(subject, bystander)] = float(t[-1] - t[0])
             if colour is not None:
                 s_alpha, c_alpha = composition
-                edits = [Edit(size, subject_pattern(a, subject), s_alpha),
-                         Edit(colour, subject_pattern(a, subject), c_alpha)]
-                out.kept[(subject, bystander)] = presence(pipe, f"a {a} {subject} and a green {bystander}", edits,
-                                                          ("green", bystander), seeds=seeds, **generate_kwargs)
+                edits = [
+                    Edit(size, subject_pattern(a, subject), s_alpha),
+                    Edit(colour, subject_pattern(a, subject), c_alpha),
+                ]
+                out.kept[(subject, bystander)] = presence(
+                    pipe,
+                    f"a {a} {subject} and a green {bystander}",
+                    edits,
+                    ("green", bystander),
+                    seeds=seeds,
+                    **generate_kwargs,
+                )
     return out

@@ -1,4 +1,5 @@
 """Statistics the probes report."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 
 A box is normalised ``(x0, y0, x1, y1)``: fractions of the image from the top left.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,11 +43,15 @@ def normalise_boxes(boxes: dict) -> dict[str, list[Box]]:
                 raise BoxError(f"box {box!r} for {phrase!r} is not four finite numbers (x0, y0, x1, y1)")
             x0, y0, x1, y1 = map(float, box)
             if min(x0, y0, x1, y1) < 0 or max(x0, y0, x1, y1) > 1:
-                raise BoxError(f"box {box!r} for {phrase!r} is not normalised: coordinates are fractions of "
-                               "the image in [0, 1] from the top left (divide pixels by the width/height)")
+                raise BoxError(
+                    f"box {box!r} for {phrase!r} is not normalised: coordinates are fractions of "
+                    "the image in [0, 1] from the top left (divide pixels by the width/height)"
+                )
             if not (x0 < x1 and y0 < y1):
-                raise BoxError(f"box {box!r} for {phrase!r} is empty or flipped: need x0 < x1 and y0 < y1 "
-                               "(order is x0, y0, x1, y1, origin top-left)")
+                raise BoxError(
+                    f"box {box!r} for {phrase!r} is empty or flipped: need x0 < x1 and y0 < y1 "
+                    "(order is x0, y0, x1, y1, origin top-left)"
+                )
             checked.append((x0, y0, x1, y1))
         out[phrase] = checked
     return out
@@ -76,7 +81,7 @@ def targets_for(tokens_list: Sequence[Tokens], boxes: dict) -> list[Target]:
 def _coverage(a: float, b: float, n: int) -> torch.Tensor:
     """For each of n equal cells of [0, 1], the fraction of it inside [a, b]."""
     edges = torch.arange(n + 1, dtype=torch.float32) / n
-    return ((edges[1:].clamp(max=b) - edges[:-1].clamp(min=a)).clamp(min=0) * n)
+    return (edges[1:].clamp(max=b) - edges[:-1].clamp(min=a)).clamp(min=0) * n
 
 
 def box_mask(boxes: Sequence[Box], h: int, w: int) -> torch.Tensor:
@@ -100,6 +105,8 @@ def parse_box(text: str) -> tuple[str, Box]:
     except ValueError:
         box = ()
     if not sep or not phrase.strip() or len(box) != 4:
-        raise BoxError(f"--box {text!r}: write it as 'phrase=x0,y0,x1,y1' with normalised coordinates, "
-                       "e.g. --box 'red circle=0,0,0.5,0.5'")
+        raise BoxError(
+            f"--box {text!r}: write it as 'phrase=x0,y0,x1,y1' with normalised coordinates, "
+            "e.g. --box 'red circle=0,0,0.5,0.5'"
+        )
     return phrase.strip(), box

@@ -1,4 +1,5 @@
 """The energy layout guidance lowers, and the step size that moves the latents for each scheduler."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ def step_scale(scheduler, t) -> float:
             index = scheduler.index_for_timestep(t)
         return float(scheduler.sigmas[index]) ** 2
     if not hasattr(scheduler, "alphas_cumprod"):
-        raise TypeError(f"{type(scheduler).__name__} has neither sigmas (init_noise_sigma > 1) nor "
-                        "alphas_cumprod; layout guidance does not know its noise level")
+        raise TypeError(
+            f"{type(scheduler).__name__} has neither sigmas (init_noise_sigma > 1) nor "
+            "alphas_cumprod; layout guidance does not know its noise level"
+        )
     return float(1 - scheduler.alphas_cumprod[int(t)])

@@ -6,6 +6,7 @@ gradient steps on the latents, with the UNet run on the conditional embeddings o
 Forward guidance (the paper's baseline): the phrase's attention is moved into its box directly in
 the forward pass. Both are attention listeners (:mod:`reprolib.attention`) on a plain loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,8 +101,16 @@ class LayoutGuidance:
     (``generate`` does). ``history`` has one dict per energy evaluation: step, iter, energy, updated.
     """
 
-    def __init__(self, cond: TextConditioning, tokens_list: Sequence[Tokens], boxes: dict,
-                 config: LayoutConfig | None = None, *, height: int, width: int):
+    def __init__(
+        self,
+        cond: TextConditioning,
+        tokens_list: Sequence[Tokens],
+        boxes: dict,
+        config: LayoutConfig | None = None,
+        *,
+        height: int,
+        width: int,
+    ):
         self.cond, self.config = cond, config or LayoutConfig()
         self.targets = targets_for(tokens_list, boxes)
         self.height, self.width = height, width
@@ -116,8 +125,13 @@ class LayoutGuidance:
         else:
             # stop the UNet once the last guidance layer ran (its up path is not needed), except under
             # checkpointing, whose recomputation must see the same forward as the first pass
-            self.store = AttentionStore(unet, self.layers, keep_grad=True, aspect=height / width,
-                                        stop_when_full=not self.config.gradient_checkpointing)
+            self.store = AttentionStore(
+                unet,
+                self.layers,
+                keep_grad=True,
+                aspect=height / width,
+                stop_when_full=not self.config.gradient_checkpointing,
+            )
             self.store.active = False
             self.listener = self.store
         self._entered = False
@@ -148,8 +162,9 @@ class LayoutGuidance:
         store.active = True
         try:
             with torch.enable_grad():
-                run_until_recorded(self.cond.unet, sched.scale_model_input(latents, t), t, cond_embeddings,
-                                   self.height, self.width)
+                run_until_recorded(
+                    self.cond.unet, sched.scale_model_input(latents, t), t, cond_embeddings, self.height, self.width
+                )
         finally:
             store.active = False  # the sampler's own passes are not recorded
         return layout_energy([store.grid(n, step) for n in self.layers], self.targets, per_image=per_image)
@@ -165,8 +180,10 @@ class LayoutGuidance:
 
     def before_step(self, i: int, t, latents: torch.Tensor, cond_embeddings: Embeddings) -> torch.Tensor:
         if not self._entered:
-            raise RuntimeError("LayoutGuidance is a context manager: use `with guidance:` around the loop "
-                               "(generate does this for its hooks)")
+            raise RuntimeError(
+                "LayoutGuidance is a context manager: use `with guidance:` around the loop "
+                "(generate does this for its hooks)"
+            )
         if self.config.mode == "forward":
             self.listener.active = i < self.config.guidance_steps
             return latents
@@ -191,8 +208,11 @@ class LayoutGuidance:
 
     def _finished(self) -> bool:
         """Never-reset mode: every image's last energy is under the threshold, so guidance is over."""
-        return (not self.config.reset_each_step and self._last is not None
-                and not bool((self._last > self.config.loss_threshold).any()))
+        return (
+            not self.config.reset_each_step
+            and self._last is not None
+            and not bool((self._last > self.config.loss_threshold).any())
+        )
 
     def _backward_step(self, i: int, t, latents: torch.Tensor, cond_embeddings: Embeddings) -> torch.Tensor:
         """Up to ``max_iters`` gradient steps on the latents while an image's energy is above the threshold."""
@@ -207,8 +227,12 @@ class LayoutGuidance:
             record = {"step": i, "iter": it, "energy": value, "updated": False}
             self.history.append(record)
             if not math.isfinite(value):
-                warnings.warn(f"layout guidance: energy is {value} at step {i}, iteration {it}; update skipped "
-                              "(try float32 or a smaller eta)", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"layout guidance: energy is {value} at step {i}, iteration {it}; update skipped "
+                    "(try float32 or a smaller eta)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 break
             # each image is guided on its own (images never interact in the UNet, so masking its energy
             # out of the sum leaves the others' gradients unchanged)
@@ -217,8 +241,12 @@ class LayoutGuidance:
                 break
             grad = self._gradient(cfg.eta * (e * active.to(e.dtype)).sum(), x)
             if not torch.isfinite(grad).all():
-                warnings.warn(f"layout guidance: non-finite gradient at step {i}, iteration {it}; update "
-                              "skipped (try float32 or a smaller eta)", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"layout guidance: non-finite gradient at step {i}, iteration {it}; update "
+                    "skipped (try float32 or a smaller eta)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
                 break
             latents = (x - step_scale(sched, t) * grad).detach().to(latents.dtype)
             record["updated"] = True

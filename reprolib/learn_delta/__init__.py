@@ -7,12 +7,14 @@ output folder), ``__main__`` (the command line).
     delta = learn_delta(pipe, "shapes/size", max_steps=300, out_dir="out/size")
     python -m reprolib.learn_delta --model sdxl --prompts people/age --device cuda:0 --gradient-checkpointing --out DIR
 """
+
 from .counter import UNetCounter
 from .loop import BETAS, SCHEMES, WEIGHT_DECAY, NonFiniteLoss, heldout_loss, learn_delta, micro_step
 from .objective import SCALE_RANGE, TARGETS, Problem, to_prediction
 from .pool import Trajectory, TrajectoryPool
 from .rundir import RunConflict
 
+# fmt: off
 __all__ = ["BETAS", "SCALE_RANGE", "SCHEMES", "TARGETS", "WEIGHT_DECAY", "NonFiniteLoss", "Problem", "RunConflict",
-           "Trajectory", "TrajectoryPool", "UNetCounter", "heldout_loss", "learn_delta", "micro_step",
-           "to_prediction"]
+           "Trajectory", "TrajectoryPool", "UNetCounter", "heldout_loss", "learn_delta", "micro_step", "to_prediction"]
+# fmt: on

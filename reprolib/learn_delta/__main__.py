@@ -1,4 +1,5 @@
 """Command line: ``python -m reprolib.learn_delta --help``."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,10 +13,14 @@ from .objective import TARGETS
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m reprolib.learn_delta",
-                                 description="Learn an attribute delta by Baumann et al.'s optimization.")
-    ap.add_argument("--model", default="shapes", help="shapes, sd15, sd21, sdxl, a hub id or folder; "
-                    "tiny-sd15 / tiny-sd21 / tiny-sdxl for offline checks")
+    ap = argparse.ArgumentParser(
+        prog="python -m reprolib.learn_delta", description="Learn an attribute delta by Baumann et al.'s optimization."
+    )
+    ap.add_argument(
+        "--model",
+        default="shapes",
+        help="shapes, sd15, sd21, sdxl, a hub id or folder; tiny-sd15 / tiny-sd21 / tiny-sdxl for offline checks",
+    )
     ap.add_argument("--prompts", required=True, help="prompt config: shipped name (people/age) or YAML path")
     ap.add_argument("--out", required=True, help="output folder (config.json, checkpoints/, delta.safetensors)")
     ap.add_argument("--device"), ap.add_argument("--dtype", help="fp32, fp16 or bf16 (default: by device)")
@@ -38,8 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-resume", action="store_true", help="start over instead of continuing")
     ap.add_argument("--overwrite", action="store_true", help="replace another run's checkpoints in --out")
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
-    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                    help="torch.compile the UNet (default: on for CUDA, off elsewhere)")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the UNet (default: on for CUDA, off elsewhere)",
+    )
     return ap
 
 
@@ -49,16 +58,37 @@ def main(argv: list[str] | None = None) -> Delta:
     pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
     compile_ = a.compile if a.compile is not None else pipe.unet.device.type == "cuda"
     t0 = time.perf_counter()
-    delta = learn_delta(pipe, a.prompts, max_steps=a.max_steps, init=a.init, out_dir=a.out, scheme=a.scheme,
-                        target=a.target, grad_accum_steps=a.grad_accum, scale_batch_size=a.scale_batch_size,
-                        lr=a.lr, cosine=a.cosine, seed=a.seed, num_steps=a.steps, guidance_scale=a.guidance_scale,
-                        checkpoint_every=a.checkpoint_every, resume=not a.no_resume, overwrite=a.overwrite,
-                        gradient_checkpointing=a.gradient_checkpointing, compile=compile_,
-                        cache_size=a.cache_size, refresh=a.refresh, height=a.height, width=a.width,
-                        model_name=a.model)
+    delta = learn_delta(
+        pipe,
+        a.prompts,
+        max_steps=a.max_steps,
+        init=a.init,
+        out_dir=a.out,
+        scheme=a.scheme,
+        target=a.target,
+        grad_accum_steps=a.grad_accum,
+        scale_batch_size=a.scale_batch_size,
+        lr=a.lr,
+        cosine=a.cosine,
+        seed=a.seed,
+        num_steps=a.steps,
+        guidance_scale=a.guidance_scale,
+        checkpoint_every=a.checkpoint_every,
+        resume=not a.no_resume,
+        overwrite=a.overwrite,
+        gradient_checkpointing=a.gradient_checkpointing,
+        compile=compile_,
+        cache_size=a.cache_size,
+        refresh=a.refresh,
+        height=a.height,
+        width=a.width,
+        model_name=a.model,
+    )
     ev = delta.meta["unet_evals"]
-    print(f"{delta!r}: final loss {delta.meta['final_loss']:.4g}, {ev['rows'] / max(ev['micro_steps'], 1):.1f} "
-          f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {Path(a.out) / 'delta.safetensors'}")
+    print(
+        f"{delta!r}: final loss {delta.meta['final_loss']:.4g}, {ev['rows'] / max(ev['micro_steps'], 1):.1f} "
+        f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {Path(a.out) / 'delta.safetensors'}"
+    )
     return delta
 
 

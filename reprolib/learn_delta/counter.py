@@ -1,4 +1,5 @@
 """Counting UNet evaluations: the measure of a learning scheme's compute."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -9,6 +9,7 @@ exactly the uninterrupted result; a cached pool is re-sampled from its seeds on 
 
     delta = learn_delta(pipe, "shapes/size", max_steps=300, out_dir="out/size")
 """
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,35 @@ class NonFiniteLoss(FloatingPointError):
     """The loss (or Δ) became NaN/inf; the message names the optimizer step."""
 
 
-def learn_delta(pipe, config, *, max_steps: int = 1000, init: Delta | str | Path | None = None,
-                out_dir: str | Path | None = None, scheme: str = "cached", target: str = "x0",
-                grad_accum_steps: int = 10, scale_batch_size: int = 4, lr: float = 0.1, cosine: bool = False,
-                seed: int = 0, num_steps: int | None = None, guidance_scale: float | None = None,
-                checkpoint_every: int = 100, resume: bool = True, overwrite: bool = False,
-                gradient_checkpointing: bool = False, compile: bool = False, cache_size: int = 8,
-                refresh: float = 0.05, height: int | None = None, width: int | None = None,
-                progress: bool = True, callback: Callable | None = None, model_name: str | None = None) -> Delta:
+def learn_delta(
+    pipe,
+    config,
+    *,
+    max_steps: int = 1000,
+    init: Delta | str | Path | None = None,
+    out_dir: str | Path | None = None,
+    scheme: str = "cached",
+    target: str = "x0",
+    grad_accum_steps: int = 10,
+    scale_batch_size: int = 4,
+    lr: float = 0.1,
+    cosine: bool = False,
+    seed: int = 0,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = True,
+    overwrite: bool = False,
+    gradient_checkpointing: bool = False,
+    compile: bool = False,
+    cache_size: int = 8,
+    refresh: float = 0.05,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = True,
+    callback: Callable | None = None,
+    model_name: str | None = None,
+) -> Delta:
     """Learn the attribute :class:`Delta` of ``config`` by Baumann et al.'s objective (:mod:`.objective`).
 
     ``config``: a shipped name ("people/age"), path, dict or PromptConfig. ``init``: a Delta (or its file)
@@ -65,30 +87,74 @@ def learn_delta(pipe, config, *, max_steps: int = 1000, init: Delta | str | Path
     ``delta.history`` is the per-step record: mean loss, lr, per micro-step losses, k, i, combination and
     cached trajectory id, and the cumulative UNet counts (calls, rows, grad_rows).
     """
-    _check_arguments(scheme, target, refresh, max_steps=max_steps, grad_accum_steps=grad_accum_steps,
-                     scale_batch_size=scale_batch_size, checkpoint_every=checkpoint_every, cache_size=cache_size)
-    problem = Problem.with_defaults(pipe, config, seed=seed, target=target, num_steps=num_steps,
-                                    guidance_scale=guidance_scale, scale_batch_size=scale_batch_size,
-                                    height=height, width=width)
+    _check_arguments(
+        scheme,
+        target,
+        refresh,
+        max_steps=max_steps,
+        grad_accum_steps=grad_accum_steps,
+        scale_batch_size=scale_batch_size,
+        checkpoint_every=checkpoint_every,
+        cache_size=cache_size,
+    )
+    problem = Problem.with_defaults(
+        pipe,
+        config,
+        seed=seed,
+        target=target,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        scale_batch_size=scale_batch_size,
+        height=height,
+        width=width,
+    )
     init = _initial_delta(init, problem.cond)
     settings = run_settings(
-        model_name or name_of_model(pipe), problem.cond, problem.config, scheme=scheme, target=target,
-        grad_accum_steps=grad_accum_steps, scale_batch_size=scale_batch_size, lr=lr, cosine=cosine, seed=seed,
-        num_steps=problem.N, guidance_scale=problem.cfg, size=[problem.h, problem.w],
-        max_steps=max_steps if cosine else None, cache=[cache_size, refresh] if scheme == "cached" else None,
-        init=init)
+        model_name or name_of_model(pipe),
+        problem.cond,
+        problem.config,
+        scheme=scheme,
+        target=target,
+        grad_accum_steps=grad_accum_steps,
+        scale_batch_size=scale_batch_size,
+        lr=lr,
+        cosine=cosine,
+        seed=seed,
+        num_steps=problem.N,
+        guidance_scale=problem.cfg,
+        size=[problem.h, problem.w],
+        max_steps=max_steps if cosine else None,
+        cache=[cache_size, refresh] if scheme == "cached" else None,
+        init=init,
+    )
     pool = TrajectoryPool(problem, cache_size, refresh) if scheme == "cached" else None
     run = _Run(problem, settings, init, UNetCounter(pipe.unet), pool, lr=lr, cosine=cosine, max_steps=max_steps)
     folder = None if out_dir is None else RunFolder(out_dir)
     with run.counter:
         if folder is not None:
-            _open_folder(folder, run, resume=resume, overwrite=overwrite, config={
-                "max_steps": max_steps, "checkpoint_every": checkpoint_every,
-                "gradient_checkpointing": gradient_checkpointing, "compile": compile,
-                "device": str(problem.device), "dtype": str(problem.dtype)})
-        with (_unet_for_learning(pipe.unet, gradient_checkpointing, compile),
-              tqdm(total=max_steps, initial=run.done, desc=f"learn_delta {problem.config.tag}",
-                   disable=not progress or bool(os.environ.get("CI"))) as bar):
+            _open_folder(
+                folder,
+                run,
+                resume=resume,
+                overwrite=overwrite,
+                config={
+                    "max_steps": max_steps,
+                    "checkpoint_every": checkpoint_every,
+                    "gradient_checkpointing": gradient_checkpointing,
+                    "compile": compile,
+                    "device": str(problem.device),
+                    "dtype": str(problem.dtype),
+                },
+            )
+        with (
+            _unet_for_learning(pipe.unet, gradient_checkpointing, compile),
+            tqdm(
+                total=max_steps,
+                initial=run.done,
+                desc=f"learn_delta {problem.config.tag}",
+                disable=not progress or bool(os.environ.get("CI")),
+            ) as bar,
+        ):
             for step in range(run.done + 1, max_steps + 1):
                 loss = run.optimizer_step(step)["loss"]
                 if folder is not None and (step % checkpoint_every == 0 or step == max_steps):
@@ -137,8 +203,11 @@ def _unet_for_learning(unet: torch.nn.Module, gradient_checkpointing: bool, comp
         unet.enable_gradient_checkpointing()
     if compile:
         if gradient_checkpointing:
-            warnings.warn("torch.compile with gradient checkpointing often fails to compile (as the original "
-                          "warns); drop one of them if it does", stacklevel=1)
+            warnings.warn(
+                "torch.compile with gradient checkpointing often fails to compile (as the original "
+                "warns); drop one of them if it does",
+                stacklevel=1,
+            )
         unet.forward = torch.compile(unet.forward)
     try:
         yield
@@ -163,15 +232,26 @@ def _open_folder(folder: RunFolder, run: _Run, *, resume: bool, overwrite: bool,
 class _Run:
     """One learning run's state: Δ, its optimizer, the trajectory pool ("cached"), the history and counts."""
 
-    def __init__(self, problem: Problem, settings: dict, init: Delta | None, counter: UNetCounter,
-                 pool: TrajectoryPool | None, *, lr: float, cosine: bool, max_steps: int):
+    def __init__(
+        self,
+        problem: Problem,
+        settings: dict,
+        init: Delta | None,
+        counter: UNetCounter,
+        pool: TrajectoryPool | None,
+        *,
+        lr: float,
+        cosine: bool,
+        max_steps: int,
+    ):
         self.problem, self.settings, self.counter, self.pool = problem, settings, counter, pool
         self.lr, self.cosine, self.max_steps = lr, cosine, max_steps
         self.accum: int = settings["grad_accum_steps"]
         dev = problem.device
-        self.params = {k: torch.nn.Parameter(init.vectors[k].clone().to(dev) if init is not None
-                                             else torch.zeros(d, device=dev))
-                       for k, d in problem.cond.dims.items()}
+        self.params = {
+            k: torch.nn.Parameter(init.vectors[k].clone().to(dev) if init is not None else torch.zeros(d, device=dev))
+            for k, d in problem.cond.dims.items()
+        }
         self.opt = torch.optim.AdamW(list(self.params.values()), lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
         self.history: list[dict] = []
         self.done = 0  # optimizer steps taken
@@ -198,17 +278,21 @@ class _Run:
                 raise NonFiniteLoss(
                     f"the loss is {float(loss.detach())} at optimizer step {step} (micro-step {m + 1} of "
                     f"{self.accum}, prompt {c.text!r}); nothing was saved for this step. In half "
-                    "precision try bf16 or fp32 (dtype=...), or a lower lr.")
+                    "precision try bf16 or fp32 (dtype=...), or a lower lr."
+                )
             loss.backward()  # gradients add up over the micro-steps, as in the original
             record["losses"].append(float(loss.detach()))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if not all(torch.isfinite(p).all() for p in self.params.values()):
-            raise NonFiniteLoss(f"Δ became non-finite at optimizer step {step} (a gradient overflowed); "
-                                "nothing was saved for this step. Try bf16/fp32 or a lower lr.")
+            raise NonFiniteLoss(
+                f"Δ became non-finite at optimizer step {step} (a gradient overflowed); "
+                "nothing was saved for this step. Try bf16/fp32 or a lower lr."
+            )
         self.done = step
-        self.history.append({"step": step, "loss": sum(record["losses"]) / self.accum, "lr": lr, **record,
-                             **self.counter.counts()})
+        self.history.append(
+            {"step": step, "loss": sum(record["losses"]) / self.accum, "lr": lr, **record, **self.counter.counts()}
+        )
         return self.history[-1]
 
     def _micro_loss(self, n: int, record: dict[str, list]) -> tuple[torch.Tensor, Combination]:
@@ -235,10 +319,16 @@ class _Run:
     def checkpoint(self) -> Checkpoint:
         """The state after the last step taken."""
         pool = self.pool
-        return Checkpoint(step=self.done, delta={k: v.detach().cpu() for k, v in self.params.items()},
-                          optimizer=self.opt.state_dict(), history=self.history, counts=self.counter.counts(),
-                          pool=pool.describe() if pool is not None else [],
-                          next_uid=pool.next_uid if pool is not None else 0, seed=self.settings["seed"])
+        return Checkpoint(
+            step=self.done,
+            delta={k: v.detach().cpu() for k, v in self.params.items()},
+            optimizer=self.opt.state_dict(),
+            history=self.history,
+            counts=self.counter.counts(),
+            pool=pool.describe() if pool is not None else [],
+            next_uid=pool.next_uid if pool is not None else 0,
+            seed=self.settings["seed"],
+        )
 
     def resume(self, ck: Checkpoint) -> None:
         """Continue from ``ck``: Δ, optimizer, history and counts; a pool re-sampled from its seeds."""
@@ -254,28 +344,56 @@ class _Run:
     def snapshot(self) -> Delta:
         """Δ as learned so far, its meta (what it was learned with) and ``history``."""
         s, h = self.settings, self.history
-        meta = {"method": "learned", "tag": s["prompts"]["tag"], "steps": len(h) and h[-1]["step"],
-                "scheme": s["scheme"], "target": s["target"], "final_loss": h[-1]["loss"] if h else None,
-                "model": s["model"], "family": s["family"], **{k: s[k] for k in _META_SETTINGS},
-                "unet_evals": {**self.counter.counts(), "micro_steps": len(h) * self.accum},
-                "loss_history": [r["loss"] for r in h], "fingerprint": self.problem.cond.fingerprint()}
+        meta = {
+            "method": "learned",
+            "tag": s["prompts"]["tag"],
+            "steps": len(h) and h[-1]["step"],
+            "scheme": s["scheme"],
+            "target": s["target"],
+            "final_loss": h[-1]["loss"] if h else None,
+            "model": s["model"],
+            "family": s["family"],
+            **{k: s[k] for k in _META_SETTINGS},
+            "unet_evals": {**self.counter.counts(), "micro_steps": len(h) * self.accum},
+            "loss_history": [r["loss"] for r in h],
+            "fingerprint": self.problem.cond.fingerprint(),
+        }
         d = Delta({k: v.detach() for k, v in self.params.items()}, meta)
         d.history = h
         return d
 
 
 @torch.no_grad()
-def heldout_loss(pipe, config, delta: Delta, *, samples: int = 16, seed: int = 12345, target: str = "x0",
-                 scale_batch_size: int = 4, num_steps: int | None = None,
-                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None) -> float:
+def heldout_loss(
+    pipe,
+    config,
+    delta: Delta,
+    *,
+    samples: int = 16,
+    seed: int = 12345,
+    target: str = "x0",
+    scale_batch_size: int = 4,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> float:
     """The objective's mean loss for a fixed ``delta`` on ``samples`` fresh draws (as the original makes them).
 
     The same ``seed`` gives the same (prompt, τ, α, x_t) draws for every delta: a fair comparison of
     deltas learned differently (e.g. by the two schemes).
     """
-    p = Problem.with_defaults(pipe, config, seed=seed, target=target, num_steps=num_steps,
-                              guidance_scale=guidance_scale, scale_batch_size=scale_batch_size,
-                              height=height, width=width)
+    p = Problem.with_defaults(
+        pipe,
+        config,
+        seed=seed,
+        target=target,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        scale_batch_size=scale_batch_size,
+        height=height,
+        width=width,
+    )
     delta.check(p.cond)
     vectors = {k: v.to(p.device) for k, v in delta.vectors.items()}
     total = 0.0
@@ -290,26 +408,48 @@ def heldout_loss(pipe, config, delta: Delta, *, samples: int = 16, seed: int = 1
 
 
 @torch.no_grad()
-def micro_step(pipe, config, delta: Delta | None = None, *, combo: int = 0, tau: float = 0.6,
-               alpha: float = 3.0, seed: int = 0, target: str = "x0", num_steps: int | None = None,
-               guidance_scale: float | None = None) -> dict:
+def micro_step(
+    pipe,
+    config,
+    delta: Delta | None = None,
+    *,
+    combo: int = 0,
+    tau: float = 0.6,
+    alpha: float = 3.0,
+    seed: int = 0,
+    target: str = "x0",
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+) -> dict:
     """One micro-step of the objective, laid out for inspection (chapter 03): every tensor it uses.
 
     Returns the prompt, k (steps sampled), the timestep, x_t, and the x0/ε predictions for the target,
     positive and negative prompts, the regression goal ``pred_target + α·(pred_pos − pred_neg)``, the
     prediction with ``α·delta`` on the subject (zero delta if None) and the loss between them.
     """
-    p = Problem.with_defaults(pipe, config, seed=seed, target=target, num_steps=num_steps,
-                              guidance_scale=guidance_scale, scale_batch_size=1)
+    p = Problem.with_defaults(
+        pipe, config, seed=seed, target=target, num_steps=num_steps, guidance_scale=guidance_scale, scale_batch_size=1
+    )
     k, i = int(round(tau * p.N)), int(round(tau * (p.N - 1)))
     c = p.combo(combo)
     x = p.sample(combo, ("noise", "explain", 0), k)
     pt, pp, pn = p.predict(x, i, c.emb).chunk(3)
-    vectors = {n: (delta.vectors[n] if delta is not None else torch.zeros(d)).to(p.device)
-               for n, d in p.cond.dims.items()}
+    vectors = {
+        n: (delta.vectors[n] if delta is not None else torch.zeros(d)).to(p.device) for n, d in p.cond.dims.items()
+    }
     a = torch.tensor([float(alpha)])
     goal = pt + alpha * (pp - pn)
     pred = p.predict(x, i, p.edited(c, vectors, a))
-    return {"prompt": c.text, "k": k, "timestep": int(p.sched.timesteps[i]), "x_t": x, "target": pt,
-            "positive": pp, "negative": pn, "goal": goal, "edited": pred,
-            "loss": float(F.mse_loss(pred, goal)), "prediction": target}
+    return {
+        "prompt": c.text,
+        "k": k,
+        "timestep": int(p.sched.timesteps[i]),
+        "x_t": x,
+        "target": pt,
+        "positive": pp,
+        "negative": pn,
+        "goal": goal,
+        "edited": pred,
+        "loss": float(F.mse_loss(pred, goal)),
+        "prediction": target,
+    }

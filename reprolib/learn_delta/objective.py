@@ -28,6 +28,7 @@ decided, dominate, and nearly clean ones hardly count. ``target="x0"`` (default)
 Randomness is a pure function of (seed, stream, index) (see :func:`seeded`): no hidden RNG state, so a
 run resumed from a checkpoint draws exactly what the uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,9 +84,19 @@ class Combination:
 class Problem:
     """Everything one run needs: prompts, schedule, seeded draws, sampling, predictions and the loss."""
 
-    def __init__(self, pipe, config: PromptConfig, *, seed: int, target: str, num_steps: int,
-                 guidance_scale: float, scale_batch_size: int, height: int | None = None,
-                 width: int | None = None):
+    def __init__(
+        self,
+        pipe,
+        config: PromptConfig,
+        *,
+        seed: int,
+        target: str,
+        num_steps: int,
+        guidance_scale: float,
+        scale_batch_size: int,
+        height: int | None = None,
+        width: int | None = None,
+    ):
         self.pipe, self.config, self.seed, self.target = pipe, config, seed, target
         self.S, self.N, self.cfg = scale_batch_size, num_steps, guidance_scale
         self.cond = TextConditioning(pipe)
@@ -105,14 +116,20 @@ class Problem:
         self.uncond = self.cond.encode_negative(None, 1)
 
     @classmethod
-    def with_defaults(cls, pipe, config, *, num_steps: int | None = None, guidance_scale: float | None = None,
-                      **kwargs) -> Problem:
+    def with_defaults(
+        cls, pipe, config, *, num_steps: int | None = None, guidance_scale: float | None = None, **kwargs
+    ) -> Problem:
         """A Problem for ``config`` (anything :func:`load_config` takes), with the model's default DDIM steps
         and guidance scale where not given (:func:`reprolib.generate.defaults`)."""
         config = load_config(config)
         d_steps, d_cfg = defaults(pipe)
-        return cls(pipe, config, num_steps=int(num_steps or d_steps),
-                   guidance_scale=float(d_cfg if guidance_scale is None else guidance_scale), **kwargs)
+        return cls(
+            pipe,
+            config,
+            num_steps=int(num_steps or d_steps),
+            guidance_scale=float(d_cfg if guidance_scale is None else guidance_scale),
+            **kwargs,
+        )
 
     def _subject_masks(self, i: int) -> dict[str, torch.Tensor]:
         prefix, pair = self.combos[i]
@@ -157,8 +174,9 @@ class Problem:
     def noise(self, key: tuple) -> torch.Tensor:
         """The seeded initial latent of one trajectory (``key``: its stream and index)."""
         f = self.pipe.vae_scale_factor
-        x = torch.randn(1, self.pipe.unet.config.in_channels, self.h // f, self.w // f,
-                        generator=seeded(self.seed, *key))
+        x = torch.randn(
+            1, self.pipe.unet.config.in_channels, self.h // f, self.w // f, generator=seeded(self.seed, *key)
+        )
         return x.to(self.device, self.dtype) * self.sched.init_noise_sigma
 
     @torch.no_grad()
@@ -169,8 +187,9 @@ class Problem:
         xs, outs = [x], []
         for t in self.sched.timesteps[:k]:
             if self.cfg > 1:  # as the pipeline: guidance only above 1
-                u, cc = self.cond.unet(self.sched.scale_model_input(torch.cat([x, x]), t), t, c.guided,
-                                       self.h, self.w).chunk(2)
+                u, cc = self.cond.unet(
+                    self.sched.scale_model_input(torch.cat([x, x]), t), t, c.guided, self.h, self.w
+                ).chunk(2)
                 eps = u + self.cfg * (cc - u)
             else:
                 cc = eps = self.cond.unet(self.sched.scale_model_input(x, t), t, c.guided[1], self.h, self.w)
@@ -190,13 +209,23 @@ class Problem:
     def edited(self, c: Combination, vectors: dict[str, torch.Tensor], alpha: torch.Tensor) -> Embeddings:
         """The target embedding once per α, with α·Δ on the subject's tokens (differentiable in Δ)."""
         a = alpha.to(self.device).view(-1, 1, 1)
-        states = {name: s[:1].float() + a * c.masks[name].view(1, -1, 1) * vectors[name].view(1, 1, -1)
-                  for name, s in c.emb.states.items()}
+        states = {
+            name: s[:1].float() + a * c.masks[name].view(1, -1, 1) * vectors[name].view(1, 1, -1)
+            for name, s in c.emb.states.items()
+        }
         pooled = None if c.emb.pooled is None else c.emb.pooled[:1].expand(len(alpha), -1)
         return Embeddings(states, pooled)
 
-    def loss(self, c: Combination, vectors: dict[str, torch.Tensor], x: torch.Tensor, i: int,
-             alpha: torch.Tensor, pred_t: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self,
+        c: Combination,
+        vectors: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        i: int,
+        alpha: torch.Tensor,
+        pred_t: torch.Tensor,
+        diff: torch.Tensor,
+    ) -> torch.Tensor:
         """MSE between the edited prediction and the goal ``pred_t + α·diff`` (diff = pred_pos − pred_neg)."""
         pred = self.predict(x, i, self.edited(c, vectors, alpha))
         goal = pred_t + alpha.to(pred.device).view(-1, 1, 1, 1) * diff

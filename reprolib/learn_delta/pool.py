@@ -14,6 +14,7 @@ prompt diversity: 8 + 0.05·steps trajectories in all, each reused about grad_ac
 
 A checkpoint stores the pool's trajectory ids, not its latents: each trajectory is re-sampled from its seed.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """A run's output folder: ``config.json`` (the settings that identify the run), ``checkpoints/step_*.pt``,
 ``history.json`` and ``delta.safetensors``; every file is written atomically (:mod:`reprolib.files`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,18 +33,24 @@ def model_name(pipe) -> str:
     return getattr(pipe, "reprolib_model", None) or str(getattr(pipe, "name_or_path", "") or "") or "unnamed pipeline"
 
 
-def run_settings(model: str, cond: TextConditioning, config: PromptConfig, *, init: Delta | None,
-                 **kwargs: Any) -> dict:
+def run_settings(
+    model: str, cond: TextConditioning, config: PromptConfig, *, init: Delta | None, **kwargs: Any
+) -> dict:
     """What makes a run *this* run: a resumed or overwritten folder must agree on all of it.
 
     ``init`` (the starting delta, if any) enters as a short hash of its vectors.
     """
-    prompts = {"tag": config.tag, "prefixes": list(config.prefixes),
-               "pairs": [dataclasses.asdict(p) for p in config.pairs]}
-    init_id = None if init is None else hashlib.sha256(b"".join(
-        init.vectors[k].numpy().tobytes() for k in sorted(init.vectors))).hexdigest()[:16]
-    return {"model": model, "family": cond.family, "dims": cond.dims, "prompts": prompts, **kwargs,
-            "init": init_id}
+    prompts = {
+        "tag": config.tag,
+        "prefixes": list(config.prefixes),
+        "pairs": [dataclasses.asdict(p) for p in config.pairs],
+    }
+    init_id = (
+        None
+        if init is None
+        else hashlib.sha256(b"".join(init.vectors[k].numpy().tobytes() for k in sorted(init.vectors))).hexdigest()[:16]
+    )
+    return {"model": model, "family": cond.family, "dims": cond.dims, "prompts": prompts, **kwargs, "init": init_id}
 
 
 @dataclasses.dataclass
@@ -60,14 +67,23 @@ class Checkpoint:
     seed: int
 
     def to_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "step": self.step, "delta": self.delta, "optimizer": self.optimizer,
-                "history": self.history, "counts": self.counts, "pool": self.pool, "next_uid": self.next_uid,
-                "rng": {"seed": self.seed, "derivation": RNG_DERIVATION}}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "delta": self.delta,
+            "optimizer": self.optimizer,
+            "history": self.history,
+            "counts": self.counts,
+            "pool": self.pool,
+            "next_uid": self.next_uid,
+            "rng": {"seed": self.seed, "derivation": RNG_DERIVATION},
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Checkpoint:
-        return cls(d["step"], d["delta"], d["optimizer"], d["history"], d["counts"], d["pool"], d["next_uid"],
-                   d["rng"]["seed"])
+        return cls(
+            d["step"], d["delta"], d["optimizer"], d["history"], d["counts"], d["pool"], d["next_uid"], d["rng"]["seed"]
+        )
 
 
 class RunFolder:
@@ -92,10 +108,14 @@ class RunFolder:
                 why = "checkpoints without a config.json (an unknown run)"
             else:
                 why = "a run with other settings: " + ", ".join(
-                    f"{k}: {old.get(k)!r} there vs {ours.get(k)!r} here" for k in sorted(set(old) | set(ours))
-                    if old.get(k) != ours.get(k))
-            raise RunConflict(f"{self.path} holds {why}. Its checkpoints are kept: pass overwrite=True (--overwrite) "
-                              "to replace them, or choose another output folder.")
+                    f"{k}: {old.get(k)!r} there vs {ours.get(k)!r} here"
+                    for k in sorted(set(old) | set(ours))
+                    if old.get(k) != ours.get(k)
+                )
+            raise RunConflict(
+                f"{self.path} holds {why}. Its checkpoints are kept: pass overwrite=True (--overwrite) "
+                "to replace them, or choose another output folder."
+            )
         if old != ours or not resume:
             shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
             for name in ("delta.safetensors", "history.json"):

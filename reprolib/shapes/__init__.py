@@ -3,6 +3,7 @@
 
 The probes that measure methods on this world live apart, in :mod:`reprolib.evaluation`.
 """
+
 from . import measure, world
 
 __all__ = ["measure", "world"]

@@ -4,6 +4,7 @@ Pixels are labelled by their nearest palette colour, grouped into connected comp
 each component's shape is read from how it fills its bounding box and how its width grows
 from top to bottom (a triangle is narrow at the top, a square is not, a circle is in between).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,11 +71,11 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
 def classify_shape(mask: np.ndarray) -> str:
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
-    box = mask[y0:y1 + 1, x0:x1 + 1]
+    box = mask[y0 : y1 + 1, x0 : x1 + 1]
     fill = box.mean()
     h = box.shape[0]
     widths = box.sum(1)
-    top, bottom = widths[: max(1, h // 4)].mean(), widths[-max(1, h // 4):].mean()
+    top, bottom = widths[: max(1, h // 4)].mean(), widths[-max(1, h // 4) :].mean()
     if top < 0.6 * bottom and fill < 0.7:
         return "triangle"
     if fill > 0.88:
@@ -92,8 +93,16 @@ def measure(image, min_area: int = MIN_AREA) -> list[Found]:
             if area < min_area:
                 continue
             ys, xs = np.nonzero(m)
-            found.append(Found(name, classify_shape(m), area, (float(xs.mean()), float(ys.mean())),
-                               (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), m))
+            found.append(
+                Found(
+                    name,
+                    classify_shape(m),
+                    area,
+                    (float(xs.mean()), float(ys.mean())),
+                    (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())),
+                    m,
+                )
+            )
     return sorted(found, key=lambda f: -f.area)
 
 

@@ -3,6 +3,7 @@
 Same classes as SD 1.5 (AutoencoderKL, UNet2DConditionModel, CLIPTextModel, CLIPTokenizer,
 DDIMScheduler), so every reprolib function treats it exactly like a real model.
 """
+
 from __future__ import annotations
 
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -18,9 +19,15 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 def build_vae() -> AutoencoderKL:
     """64×64 RGB ↔ 16×16×4 latents (two downsamplings, as SD's ×8 is three)."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64), norm_num_groups=8,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=64,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        norm_num_groups=8,
     )
 
 
@@ -32,19 +39,30 @@ def build_unet() -> UNet2DConditionModel:
     stays nearly uniform and never localises a word.
     """
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
         block_out_channels=(32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM, attention_head_dim=(1, 2, 2), norm_num_groups=16,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=(1, 2, 2),
+        norm_num_groups=16,
     )
 
 
 def build_text_encoder(tokenizer) -> CLIPTextModel:
     cfg = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=3,
-        num_attention_heads=2, max_position_embeddings=MAX_LENGTH, projection_dim=TEXT_DIM,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_DIM,
+        intermediate_size=4 * TEXT_DIM,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=TEXT_DIM,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModel(cfg)
@@ -55,12 +73,19 @@ def training_scheduler() -> DDPMScheduler:
 
 
 def sampling_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False,
-                         steps_offset=1)
+    return DDIMScheduler(
+        **SCHEDULE, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+    )
 
 
 def assemble(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
-        vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sampling_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )

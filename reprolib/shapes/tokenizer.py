@@ -3,6 +3,7 @@
 It is a real ``CLIPTokenizer`` (same class, same pre-tokenisation, same offsets mapping as SD's);
 only its vocabulary and merges are small. Unknown words fall back to byte characters.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
         rank, i = min(pairs)
         if rank == 1 << 30:
             break
-        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
     return symbols
 
 
@@ -59,8 +60,15 @@ def save_tokenizer(directory: str | Path, words=WORDS, max_length: int = MAX_LEN
     vocab, merges = vocab_and_merges(words)
     (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    config = {"model_max_length": max_length, "bos_token": BOS, "eos_token": EOS, "pad_token": EOS,
-              "unk_token": EOS, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"}
+    config = {
+        "model_max_length": max_length,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": EOS,
+        "unk_token": EOS,
+        "do_lower_case": True,
+        "tokenizer_class": "CLIPTokenizer",
+    }
     (d / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     return d
 

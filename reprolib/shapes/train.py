@@ -11,6 +11,7 @@
 Every batch is drawn from a generator seeded by (seed, stage, step), so a resumed run sees the
 same batches and noise as one that never stopped. Checkpoints are written atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ def data(out: Path, n_scenes: int, seed: int, mix: str = "v1") -> tuple[torch.Te
         if d["n"] == n_scenes and d["seed"] == seed and d.get("mix", "v1") == mix:
             return d["images"], d["captions"]
     scenes = world.scenes(n_scenes, seed=seed, p_empty=0.1, **world.MIXES[mix])
-    images = torch.cat([_images(scenes[i:i + 1000]) for i in tqdm(range(0, n_scenes, 1000), desc="render")])
+    images = torch.cat([_images(scenes[i : i + 1000]) for i in tqdm(range(0, n_scenes, 1000), desc="render")])
     images = ((images + 1) * 127.5).round().to(torch.uint8)
     captions = [s.caption for s in scenes]
     _save_atomic({"n": n_scenes, "seed": seed, "mix": mix, "images": images, "captions": captions}, path)
@@ -96,8 +97,7 @@ def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int
 
 
 @torch.no_grad()
-def encode_all(out: Path, vae, images: torch.Tensor, scaling_factor: float | None = None
-               ) -> tuple[torch.Tensor, float]:
+def encode_all(out: Path, vae, images: torch.Tensor, scaling_factor: float | None = None) -> tuple[torch.Tensor, float]:
     """Latent means and std-devs of all images, and the scaling factor that gives latents unit variance
     (or the given ``scaling_factor``: a fine-tuned UNet keeps the one it was trained with)."""
     path = out / "latents.pt"
@@ -108,7 +108,7 @@ def encode_all(out: Path, vae, images: torch.Tensor, scaling_factor: float | Non
     vae.eval()
     means, stds = [], []
     for i in tqdm(range(0, len(images), 500), desc="encode"):
-        dist = vae.encode(images[i:i + 500].float() / 127.5 - 1).latent_dist
+        dist = vae.encode(images[i : i + 500].float() / 127.5 - 1).latent_dist
         means.append(dist.mean.half()), stds.append(dist.std.half())
     d = {"mean": torch.cat(means), "std": torch.cat(stds)}
     d["scaling_factor"] = float(1 / d["mean"].float().std()) if scaling_factor is None else float(scaling_factor)
@@ -116,8 +116,7 @@ def encode_all(out: Path, vae, images: torch.Tensor, scaling_factor: float | Non
     return d, d["scaling_factor"]
 
 
-def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_final: float,
-                  warmup: int = 0) -> float:
+def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_final: float, warmup: int = 0) -> float:
     """Constant ``lr``, then (from step ``decay_from``) a cosine down to ``lr_final`` at the last step.
 
     ``warmup`` > 0 ramps the LR linearly up over the first ``warmup`` steps (a fine-tune's fresh
@@ -132,9 +131,22 @@ def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_f
     return lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: int, seed: int,
-               batch: int = 64, lr: float = 1e-3, ema_decay: float = 0.999, decay_from: int | None = None,
-               lr_final: float = 5e-5, init: Path | None = None, mask_padding: bool = False, warmup: int = 0):
+def train_unet(
+    out: Path,
+    latents: dict,
+    captions: list[str],
+    tokenizer,
+    steps: int,
+    seed: int,
+    batch: int = 64,
+    lr: float = 1e-3,
+    ema_decay: float = 0.999,
+    decay_from: int | None = None,
+    lr_final: float = 5e-5,
+    init: Path | None = None,
+    mask_padding: bool = False,
+    warmup: int = 0,
+):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``)."""
@@ -155,8 +167,9 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
     if start >= steps:
         return unet, text, ema, history
     sched = training_scheduler()
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     sf = latents["scaling_factor"]
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
@@ -186,10 +199,20 @@ def train_unet(out: Path, latents: dict, captions: list[str], tokenizer, steps: 
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            history.append({"step": step + 1, "loss": running, "seconds": time.time() - t0,
-                            "lr": opt.param_groups[0]["lr"]})
-            _save_atomic({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
-                          "ema": ema, "step": step + 1, "history": history}, ckpt)
+            history.append(
+                {"step": step + 1, "loss": running, "seconds": time.time() - t0, "lr": opt.param_groups[0]["lr"]}
+            )
+            _save_atomic(
+                {
+                    "unet": unet.state_dict(),
+                    "text": text.state_dict(),
+                    "opt": opt.state_dict(),
+                    "ema": ema,
+                    "step": step + 1,
+                    "history": history,
+                },
+                ckpt,
+            )
     return unet, text, ema, history
 
 
@@ -221,23 +244,42 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--unet-steps", type=int, default=12_000)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--decay-from", type=int, default=5000,
-                   help="constant LR until this UNet step, then a cosine down to --lr-final at --unet-steps")
+    p.add_argument(
+        "--decay-from",
+        type=int,
+        default=5000,
+        help="constant LR until this UNet step, then a cosine down to --lr-final at --unet-steps",
+    )
     p.add_argument("--lr-final", type=float, default=5e-5)
     p.add_argument("--lr", type=float, default=1e-3, help="UNet + text encoder peak learning rate")
     p.add_argument("--warmup", type=int, default=0, help="linear LR warm-up over this many UNet steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mix", choices=sorted(world.MIXES), default="v1",
-                   help="scene distribution (world.MIXES): v1 = the shipped one; v2 = more multi-object "
-                        "scenes, a third of them repeating a shape in different colours")
-    p.add_argument("--mask-padding", action="store_true",
-                   help="mask the slots after the first end-of-text token in cross-attention (padding_mask)")
-    p.add_argument("--init-from", type=Path, default=None,
-                   help="fine-tune: start UNet + text encoder from this run folder's EMA weights, with its "
-                        "tokenizer and frozen VAE (vae.pt copied; --vae-steps ignored) and a fresh optimizer")
-    p.add_argument("--scaling-factor", type=float, default=None,
-                   help="latent scaling factor to keep (with --init-from: default that folder's latents.pt; "
-                        "checkpoints/shapes has none: pass 0.9965722560882568, v1's)")
+    p.add_argument(
+        "--mix",
+        choices=sorted(world.MIXES),
+        default="v1",
+        help="scene distribution (world.MIXES): v1 = the shipped one; v2 = more multi-object "
+        "scenes, a third of them repeating a shape in different colours",
+    )
+    p.add_argument(
+        "--mask-padding",
+        action="store_true",
+        help="mask the slots after the first end-of-text token in cross-attention (padding_mask)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune: start UNet + text encoder from this run folder's EMA weights, with its "
+        "tokenizer and frozen VAE (vae.pt copied; --vae-steps ignored) and a fresh optimizer",
+    )
+    p.add_argument(
+        "--scaling-factor",
+        type=float,
+        default=None,
+        help="latent scaling factor to keep (with --init-from: default that folder's latents.pt; "
+        "checkpoints/shapes has none: pass 0.9965722560882568, v1's)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
     return p
@@ -249,9 +291,17 @@ def _record(a, argv) -> dict:
     command = "python -m reprolib.shapes.train " + " ".join(args)
     past = json.loads((a.out / "run.json").read_text()) if (a.out / "run.json").exists() else {}
     commands = past.get("commands", [past["command"]] if "command" in past else [])
-    run = {"command": command, "commands": commands + [command], "scenes": a.scenes, "vae_steps": a.vae_steps,
-           "unet_steps": a.unet_steps, "batch": a.batch, "seed": a.seed, "decay_from": a.decay_from,
-           "lr_final": a.lr_final}
+    run = {
+        "command": command,
+        "commands": commands + [command],
+        "scenes": a.scenes,
+        "vae_steps": a.vae_steps,
+        "unet_steps": a.unet_steps,
+        "batch": a.batch,
+        "seed": a.seed,
+        "decay_from": a.decay_from,
+        "lr_final": a.lr_final,
+    }
     # options beyond the v1 recipe are recorded only when used, so a v1 run's record is unchanged
     if a.lr != 1e-3 or a.warmup:
         run.update(lr=a.lr, warmup=a.warmup)
@@ -281,8 +331,12 @@ def main(argv=None) -> None:
             sf_keep = torch.load(init / "latents.pt")["scaling_factor"]
         if sf_keep is None:
             p.error(f"--init-from {init}: no latents.pt there; pass --scaling-factor (the one its UNet used)")
-        run.update(init_from=str(init), init_step=torch.load(init / "unet.pt")["step"],
-                   init_commands=init_run.get("commands", []), scaling_factor=sf_keep)
+        run.update(
+            init_from=str(init),
+            init_step=torch.load(init / "unet.pt")["step"],
+            init_commands=init_run.get("commands", []),
+            scaling_factor=sf_keep,
+        )
         if not (tok_dir / "vocab.json").exists():  # the text encoder's vocabulary comes with it
             shutil.copytree(init / "tokenizer", tok_dir, dirs_exist_ok=True)
         if not (a.out / "vae.pt").exists():  # the same frozen VAE: its latents are what the UNet knows
@@ -295,10 +349,21 @@ def main(argv=None) -> None:
     vae = train_vae(a.out, images, vae_steps, a.seed)
     latents, sf = encode_all(a.out, vae, images, sf_keep)
     print(f"latent scaling factor {sf:.4f}")
-    _, _, _, history = train_unet(a.out, latents, captions, tokenizer, a.unet_steps, a.seed, batch=a.batch,
-                                  lr=a.lr, decay_from=a.decay_from, lr_final=a.lr_final,
-                                  init=a.init_from / "unet.pt" if a.init_from else None,
-                                  mask_padding=a.mask_padding, warmup=a.warmup)
+    _, _, _, history = train_unet(
+        a.out,
+        latents,
+        captions,
+        tokenizer,
+        a.unet_steps,
+        a.seed,
+        batch=a.batch,
+        lr=a.lr,
+        decay_from=a.decay_from,
+        lr_final=a.lr_final,
+        init=a.init_from / "unet.pt" if a.init_from else None,
+        mask_padding=a.mask_padding,
+        warmup=a.warmup,
+    )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
 

@@ -4,6 +4,7 @@ Everything here is deterministic from a seed, so a scene, its caption and its im
 rebuilt anywhere. Sizes are continuous; the words "small"/"big" come from thresholds on them
 and are sometimes dropped, so the text encoder must learn a *direction* for size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -91,8 +92,7 @@ def _overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
     return not (ax1 + margin < bx0 or bx1 + margin < ax0 or ay1 + margin < by0 or by1 + margin < ay0)
 
 
-def random_objects(rng: np.random.Generator, n: int, res: int = RES,
-                   repeat_shape: bool = False) -> tuple[Obj, ...]:
+def random_objects(rng: np.random.Generator, n: int, res: int = RES, repeat_shape: bool = False) -> tuple[Obj, ...]:
     """``n`` non-overlapping objects of distinct colours, fully inside the image.
 
     ``repeat_shape`` (needs ``n >= 2``): two of the objects, at random places in the list, share one
@@ -119,9 +119,14 @@ def random_objects(rng: np.random.Generator, n: int, res: int = RES,
     return tuple(objs)
 
 
-def random_scene(rng: np.random.Generator, n_objects: int | None = None, p_empty: float = 0.0,
-                 p_drop_size: float = 0.2, p_objects: tuple[float, float, float] = P_OBJECTS,
-                 p_repeat_shape: float = 0.0) -> Scene:
+def random_scene(
+    rng: np.random.Generator,
+    n_objects: int | None = None,
+    p_empty: float = 0.0,
+    p_drop_size: float = 0.2,
+    p_objects: tuple[float, float, float] = P_OBJECTS,
+    p_repeat_shape: float = 0.0,
+) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
     ``p_repeat_shape``: chance that a multi-object scene repeats a shape (colours stay distinct).
     With the defaults the random stream, and so every scene, is the v1 one."""
@@ -181,7 +186,9 @@ def parse_caption(caption: str) -> list[dict]:
         colour = next((w for w in words if w in PALETTE), None)
         size = next((w for w in words if w in ("small", "big")), None)
         if shape is None or colour is None:
-            raise ValueError(f"cannot parse {part.strip()!r} in caption {caption!r}: "
-                             f"expected '[a] [small|big] <{'|'.join(PALETTE)}> <{'|'.join(SHAPES)}>'")
+            raise ValueError(
+                f"cannot parse {part.strip()!r} in caption {caption!r}: "
+                f"expected '[a] [small|big] <{'|'.join(PALETTE)}> <{'|'.join(SHAPES)}>'"
+            )
         out.append({"shape": shape, "colour": colour, "size_word": size})
     return out
