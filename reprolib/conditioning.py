@@ -82,15 +82,6 @@ class Embeddings:
             None if self.mask is None else self.mask[sl],
         )
 
-    def repeat(self, n: int) -> Embeddings:
-        """Each row ``n`` times (rows stay in order: r0, r0, …, r1, r1, …)."""
-        return Embeddings(
-            {k: v.repeat_interleave(n, 0) for k, v in self.states.items()},
-            None if self.pooled is None else self.pooled.repeat_interleave(n, 0),
-            [t for t in self.tokens for _ in range(n)],
-            None if self.mask is None else self.mask.repeat_interleave(n, 0),
-        )
-
 
 def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """(batch, tokens) 1 up to and including the first end-of-text token, 0 on the padding after it.

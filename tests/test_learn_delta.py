@@ -281,3 +281,14 @@ def test_cost_benchmark_script_runs_on_a_tiny_pipeline(capsys):
     assert set(res) == {"original", "cached", "projected"}
     assert res["original"]["rows"] > 0 and res["cached"]["rows"] > 0
     assert "fewer rows" in capsys.readouterr().out
+
+
+def test_the_edited_embedding_keeps_a_masked_models_padding_mask(sd15):
+    """A model sampled with its padding masked is also learned through the mask (all rows alike)."""
+    from reprolib.learn_delta.objective import Problem
+
+    sd15.reprolib_defaults = {"mask_padding": True}
+    p = Problem.with_defaults(sd15, "shapes/size", seed=0, target="x0", num_steps=2, scale_batch_size=3)
+    c = p.combo(0)
+    e = p.edited(c, {k: torch.zeros(d) for k, d in p.cond.dims.items()}, torch.ones(3))
+    assert e.mask is not None and torch.equal(e.mask, c.emb.mask[:1].expand(3, -1))

@@ -214,7 +214,9 @@ class Problem:
             for name, s in c.emb.states.items()
         }
         pooled = None if c.emb.pooled is None else c.emb.pooled[:1].expand(len(alpha), -1)
-        return Embeddings(states, pooled)
+        # a model trained with its padding masked reads the edited prompt through the same mask
+        mask = None if c.emb.mask is None else c.emb.mask[:1].expand(len(alpha), -1)
+        return Embeddings(states, pooled, mask=mask)
 
     def loss(
         self,
