@@ -1,7 +1,4 @@
-"""reprolib: training-free control of text-to-image diffusion, taught on a CPU-sized shapes world.
-
-pipe = reprolib.load_pipeline("shapes")  # then reprolib.generate(pipe, prompt, edits=[...], boxes={...})
-"""
+"""reprolib: training-free control of text-to-image diffusion; ``load_pipeline("shapes")``, then ``generate``."""
 
 from .quiet import quiet  # isort: skip  (first: sets chatter defaults before diffusers is imported)
 from .attention import record_attention
@@ -11,6 +8,7 @@ from .delta import Delta, DeltaMismatch
 from .device import pick_device, pick_dtype
 from .edits import Edit
 from .generate import generate
+from .inversion import Inversion, InversionError, invert
 from .layout import BoxError, LayoutConfig, LayoutGuidance
 from .learn_delta import NonFiniteLoss, RunConflict, heldout_loss, learn_delta
 from .maps import AttentionMaps, attention_maps
@@ -21,10 +19,10 @@ from .tokens import SpanError, token_span
 from .widgets import attribute_slider
 
 # fmt: off
-__all__ = ["AttentionMaps", "BoxError", "ConfigError", "Delta", "DeltaMismatch", "Edit", "Embeddings", "KNOWN_MODELS",
-           "LayoutConfig", "LayoutGuidance", "ModelNotAvailable", "NonFiniteLoss", "Pair", "PromptConfig",
-           "RunConflict", "SpanError", "TextConditioning", "Tokens", "attention_maps", "attribute_slider",
-           "contrastive_delta", "describe", "generate", "heldout_loss", "learn_delta", "load_config", "load_pipeline",
-           "pick_device", "pick_dtype", "plot_grid", "plot_overlay", "quiet", "record_attention", "token_span",
-           "try_load"]
+__all__ = ["AttentionMaps", "BoxError", "ConfigError", "Delta", "DeltaMismatch", "Edit", "Embeddings", "Inversion",
+           "InversionError", "KNOWN_MODELS", "LayoutConfig", "LayoutGuidance", "ModelNotAvailable", "NonFiniteLoss",
+           "Pair", "PromptConfig", "RunConflict", "SpanError", "TextConditioning", "Tokens", "attention_maps",
+           "attribute_slider", "contrastive_delta", "describe", "generate", "heldout_loss", "invert", "learn_delta",
+           "load_config", "load_pipeline", "pick_device", "pick_dtype", "plot_grid", "plot_overlay", "quiet",
+           "record_attention", "token_span", "try_load"]
 # fmt: on

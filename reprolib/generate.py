@@ -17,7 +17,7 @@ import torch
 from .conditioning import Embeddings, TextConditioning
 from .edits import Edit, apply_edits
 from .layout import LayoutConfig, LayoutGuidance
-from .protocols import StepHook
+from .protocols import StartingPoint, StepHook
 
 DELAY = 0.2  # fraction of the steps before edits apply (Baumann et al.'s notebook)
 SD_DEFAULTS = {"steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's pipelines
@@ -101,8 +101,13 @@ def _start(
     width: int,
     latents: torch.Tensor | None,
     resume: Partial | None,
+    start: StartingPoint | None = None,
 ):
-    """(scheduler, latents, first step): fresh noise, given latents, or where a :class:`Partial` stopped."""
+    """(scheduler, latents, first step): fresh noise, given latents, an inversion's, or where a Partial stopped."""
+    if latents is not None and start is not None:
+        raise ValueError("give latents or inversion, not both: an inversion carries its own latents")
+    if resume is None and start is not None:
+        return start.scheduler(), start.latents.to(cond.device, pipe.unet.dtype).repeat(len(seeds), 1, 1, 1), 0
     if resume is None:
         sched = pipe.scheduler
         sched.set_timesteps(steps, device=cond.device)
@@ -178,6 +183,7 @@ def generate(
     output_type: str = "pil",
     until: int | None = None,
     resume: Partial | None = None,
+    inversion: StartingPoint | None = None,
 ):
     r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
@@ -190,10 +196,19 @@ def generate(
     ``until=k`` stops before step ``k`` and returns a :class:`Partial`; ``resume=partial`` runs the
     remaining steps from it (same prompts, seeds and steps as the call that made it): the result is
     identical to one uninterrupted call.
+
+    ``inversion``: a :class:`reprolib.inversion.Inversion` (any :class:`~reprolib.protocols.StartingPoint`)
+    to start from instead of noise; its steps, guidance scale, negative prompt and size are the defaults,
+    and with no edits or boxes the picture it was made from comes back.
     """
     single = isinstance(prompt, str) and isinstance(seed, int)
     prompts, seeds = _batch(prompt, seed)
     d_steps, d_cfg = defaults(pipe)
+    if inversion is not None:
+        inversion.check(TextConditioning(pipe), steps)
+        d_steps, d_cfg = inversion.steps, inversion.guidance_scale
+        negative_prompt = inversion.negative_prompt if negative_prompt is None else negative_prompt
+        height, width = height or inversion.height, width or inversion.width
     steps = steps or d_steps
     guidance_scale = d_cfg if guidance_scale is None else guidance_scale
     if not 0 <= delay <= 1:
@@ -208,7 +223,7 @@ def generate(
     edited = apply_edits(cond, plain, edits)
     uncond = cond.encode_negative(negative_prompt, len(prompts))
     hooks = _hooks(hooks, cond, plain, boxes, layout, height, width)
-    sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume)
+    sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume, inversion)
     stop = steps if until is None else until
     first_edited = first_edited_step(steps, delay)
     # inference mode skips autograd's bookkeeping (~10% faster on the shapes world); hooks such as
@@ -227,6 +242,8 @@ def generate(
                 x = h.before_step(i, t, x, c)
             with no_grad():
                 x = _guided_step(cond, sched, x, t, uncond, c, guidance_scale, height, width)
+            if inversion is not None and inversion.residuals:
+                x = x + inversion.residuals[i]  # what this step missed of the inverted picture's path
     x = x.clone()  # outside inference mode: a normal tensor, usable with autograd
     if until is not None:
         return Partial(step=steps, steps=steps, latents=x, scheduler=copy.deepcopy(sched))

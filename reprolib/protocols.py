@@ -1,4 +1,4 @@
-"""The two extension seams of reprolib, written down: a step hook and an attention listener.
+"""The extension seams of reprolib, written down: a step hook, an attention listener, a starting point.
 
 Anything with these methods plugs in; nothing needs to inherit from a reprolib class.
 
@@ -7,6 +7,8 @@ Anything with these methods plugs in; nothing needs to inherit from a reprolib c
   just watch (the step clock of :func:`reprolib.maps.attention_maps` does).
 * :class:`AttentionListener` — :class:`reprolib.attention.ProbsProcessor` hands it each selected
   layer's attention probabilities; a recorder keeps them, an editor (``edits = True``) returns new ones.
+* :class:`StartingPoint` — where :func:`reprolib.generate.generate` starts instead of fresh noise:
+  :class:`reprolib.inversion.Inversion` is one (noise found for a real picture).
 """
 
 from __future__ import annotations
@@ -43,3 +45,24 @@ class AttentionListener(Protocol):
     edits: bool
 
     def __call__(self, name: str, probs: torch.Tensor) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class StartingPoint(Protocol):
+    """Latents and the sampler they belong to, with the settings that reproduce what they were made from."""
+
+    latents: torch.Tensor
+    steps: int
+    guidance_scale: float
+    negative_prompt: str | None
+    height: int
+    width: int
+    residuals: list[torch.Tensor] | None  # added to the latents after each step, when given
+
+    def scheduler(self) -> object:
+        """A fresh scheduler, its timesteps set for ``steps``."""
+        ...
+
+    def check(self, cond, steps: int | None) -> None:
+        """Raise when this starting point does not fit the pipeline of ``cond`` or ``steps``."""
+        ...

@@ -1,0 +1,161 @@
+"""Inversion: real pictures back into the sampler (tiny SD 1.5 / SD 2.1 / SDXL, and the shapes world)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler
+from PIL import Image
+
+from reprolib import inversion
+from reprolib.contrastive import contrastive_delta
+from reprolib.edits import Edit
+from reprolib.generate import generate
+from reprolib.inversion import Inversion, InversionError, encode_image, invert, load_image
+from reprolib.protocols import StartingPoint
+from reprolib.shapes import measure, world
+from reprolib.tiny import tiny_pipeline
+from reprolib.widgets import attribute_slider
+
+
+def picture(h=64, w=64, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = np.zeros((h, w, 3), np.uint8)
+    a[h // 4 : h // 2, w // 4 : w // 2] = rng.integers(0, 255, 3)
+    return a
+
+
+def rel_error(pipe, inv: Inversion) -> float:
+    back = generate(pipe, inv.prompt, inversion=inv, output_type="latent").float()
+    x0 = encode_image(pipe, inv.image).float()
+    return float((back - x0).norm() / x0.norm())
+
+
+def test_an_inversion_is_a_starting_point(sd15):
+    inv = invert(sd15, picture(), "a red square", steps=4, verify=False)
+    assert isinstance(inv, StartingPoint)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl"])
+def test_exact_inversion_gives_the_picture_back_on_every_family(family):
+    pipe = tiny_pipeline(family)
+    pipe.set_progress_bar_config(disable=True)
+    inv = invert(pipe, picture(), "a red square", steps=6, guidance_scale=5.0)
+    assert inv.error < 2e-3  # measured by invert itself; float rounding grows through a random UNet at CFG 5
+    assert rel_error(pipe, inv) < 2e-3
+    plain = invert(pipe, picture(), "a red square", steps=6, guidance_scale=5.0, method="ddim")
+    assert plain.residuals is None and plain.error > 10 * inv.error  # plain DDIM drifts under guidance
+
+
+def test_sdxl_with_its_own_euler_scheduler_inverts_on_ddim_at_the_pictures_size(sdxl):
+    sdxl.scheduler = EulerDiscreteScheduler.from_config(sdxl.scheduler.config)
+    inv = invert(sdxl, picture(48, 64), "a red square", steps=5, height=48, width=64)
+    f = sdxl.vae_scale_factor
+    assert (inv.height, inv.width) == (48, 64) and inv.latents.shape[-2:] == (48 // f, 64 // f)
+    assert inv.error < 2e-3  # time ids (48, 64, 0, 0, 48, 64) at both ends: the same sampler
+    out = generate(sdxl, "a red square", inversion=inv, output_type="np")
+    assert out.shape == (48, 64, 3)
+
+
+def test_sdxl_fp16_vae_is_upcast_for_encoding(sdxl):
+    sdxl.vae.config.force_upcast = True
+    sdxl.vae.to(torch.float16)
+    lat = encode_image(sdxl, Image.fromarray(picture()))
+    assert lat.dtype == sdxl.unet.dtype and torch.isfinite(lat).all()
+    assert sdxl.vae.dtype == torch.float16  # given back as it was
+
+
+def test_pictures_in_every_form(sd15, tmp_path):
+    rgb = picture()
+    grey = Image.fromarray(rgb).convert("L")
+    rgba = Image.fromarray(rgb).convert("RGBA")
+    path = tmp_path / "p.png"
+    Image.fromarray(rgb).save(path)
+    for img in (rgb, rgb / 255.0, grey, rgba, str(path), path, np.asarray(grey)):
+        out = load_image(img, 64, 64)
+        assert out.mode == "RGB" and out.size == (64, 64)
+    assert np.array_equal(np.asarray(load_image(path, 64, 64)), rgb)
+
+
+def test_another_size_is_cropped_and_resized_with_a_warning():
+    with pytest.warns(UserWarning, match=r"100×50.*centre-cropped.*64×64"):
+        out = load_image(picture(50, 100), 64, 64)
+    assert out.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+        (np.zeros((4, 4, 2), np.uint8), "shape"),
+        (np.full((4, 4, 3), np.nan), "NaN"),
+        (Image.new("RGB", (0, 0)), "empty"),
+        ("no/such/file.png", "no such file"),
+        (42, "give a path"),
+    ],
+)
+def test_bad_pictures_are_named(bad, match):
+    with pytest.raises(InversionError, match=match):
+        load_image(bad, 64, 64)
+
+
+def test_a_file_that_is_not_a_picture(tmp_path):
+    f = tmp_path / "notes.png"
+    f.write_text("not a picture")
+    with pytest.raises(InversionError, match="not a picture"):
+        load_image(f, 64, 64)
+
+
+def test_another_pipeline_or_step_count_is_refused(sd15):
+    inv = invert(sd15, picture(), "a red square", steps=4, verify=False)
+    with pytest.raises(InversionError, match="steps=5.*4 steps"):
+        generate(sd15, "a red square", inversion=inv, steps=5)
+    other = tiny_pipeline("sd15", seed=1)
+    with pytest.raises(InversionError, match="another pipeline"):
+        generate(other, "a red square", inversion=inv)
+    with pytest.raises(ValueError, match="latents or inversion"):
+        generate(sd15, "a red square", inversion=inv, latents=inv.latents)
+
+
+@pytest.mark.parametrize("kw, match", [({"method": "renoise"}, "method"), ({"iterations": -1}, "iterations")])
+def test_bad_options(sd15, kw, match):
+    with pytest.raises(InversionError, match=match):
+        invert(sd15, picture(), "a red square", steps=4, **kw)
+
+
+def test_shapes_world_scene_inverted_reconstructed_and_edited(shapes_pipe):
+    scene = world.Scene((world.Obj("circle", "red", 8.0, 20, 24), world.Obj("square", "blue", 8.0, 44, 40)), "")
+    caption = "a red circle and a blue square"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caption describes the picture: no warning
+        inv = invert(shapes_pipe, world.render(scene), caption)
+    assert inv.error < 1e-3
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    areas = []
+    for a in (-1.0, 0.0, 1.5):
+        img = generate(shapes_pipe, caption, inversion=inv, edits=[Edit(size, "circle", a)])
+        areas.append(measure.find(measure.measure(np.asarray(img)), "red").area)
+    assert areas[0] < areas[1] < areas[2]
+
+
+def test_a_prompt_that_does_not_describe_the_picture_is_allowed_and_its_error_reported(shapes_pipe, monkeypatch):
+    scene = world.Scene((world.Obj("circle", "red", 9.0, 32, 32),), "")
+    exact = invert(shapes_pipe, world.render(scene), "a big green triangle")
+    assert exact.error < 1e-3  # the exact method gives any picture back, whatever the prompt
+    plain = invert(shapes_pipe, world.render(scene), "a big green triangle", method="ddim")
+    assert plain.error > 10 * exact.error
+    monkeypatch.setattr(inversion, "LARGE_ERROR", plain.error / 2)
+    with pytest.warns(UserWarning, match=r"relative latent error of \d\.\d\d.*'a big green triangle'"):
+        invert(shapes_pipe, world.render(scene), "a big green triangle", method="ddim")
+
+
+def test_the_slider_works_on_an_inverted_picture(shapes_pipe):
+    scene = world.Scene((world.Obj("circle", "red", 8.0, 32, 32),), "")
+    inv = invert(shapes_pipe, world.render(scene), "a red circle", verify=False)
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    slider = attribute_slider(shapes_pipe, "a red circle", [(size, "circle", "size")], inversion=inv)
+    for a in (0.0, 1.0):
+        want = generate(shapes_pipe, "a red circle", inversion=inv, edits=[Edit(size, "circle", a)], output_type="np")
+        assert np.abs(np.asarray(slider.render(a), float) - want * 255).max() <= 1
+    assert slider.prefix() is not None  # the unedited first steps were shared
