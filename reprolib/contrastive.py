@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from . import checks
 from .conditioning import TextConditioning, Tokens
 from .delta import Delta
 from .prompts import PromptConfig, load_config
@@ -51,10 +52,9 @@ def contrastive_delta(pipe, config, *, batch_size: int = 64, token: str = "subje
     (the subject pattern's tokens, averaged) or ``"last"`` (the prompt's last token, as the original).
     """
     cfg: PromptConfig = load_config(config)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    checks.integer(batch_size, "batch_size", minimum=1)
     if token not in TOKEN_CHOICES:
-        raise ValueError(
+        raise checks.InputError(
             f"token must be one of {TOKEN_CHOICES} (which token's embedding the delta reads), got {token!r}"
         )
     cond = TextConditioning(pipe)

@@ -14,14 +14,26 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .checks import InputError
 from .originals import ORIGINAL_DELTAS, original_delta_path
 
 # key names of the original .pt files → our encoder names
 ORIGINAL_KEYS = {"tokenwise_delta.oai_clip_vit_l": "clip_l", "tokenwise_delta.openclip_g": "openclip_g"}
 
 
-class DeltaMismatch(ValueError):
+class DeltaMismatch(InputError):
     """A delta made for another model (other encoders or dims) than the pipeline it is used with."""
+
+
+class MissingDelta(InputError, FileNotFoundError):
+    """No delta file at the path given, and not the name of an original delta either."""
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` holds safetensors (an 8-byte header length, then a JSON header), whatever its suffix."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 class Delta:
@@ -102,8 +114,10 @@ class Delta:
             path = original_delta_path(path.stem)
         if not path.exists():
             names = f"; nor is {path.stem!r} one of the original deltas: {', '.join(ORIGINAL_DELTAS)}" if bare else ""
-            raise FileNotFoundError(f"no delta file at {path}{names}")
-        if path.suffix == ".pt":
+            raise MissingDelta(f"no delta file at {path}{names}")
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; Delta.load takes a delta file (.safetensors or .pt)")
+        if path.suffix == ".pt" and not is_safetensors(path):  # Delta.save("x.pt") writes safetensors
             return cls._load_original(path)
         try:
             vectors = load_file(str(path))

@@ -7,17 +7,45 @@ from contextlib import contextmanager
 
 import torch
 
+from .checks import InputError
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else ``$REPROLIB_DEVICE``, else cuda, then mps, then cpu."""
     device = device or os.environ.get("REPROLIB_DEVICE")
     if device:
-        return torch.device(device)
+        return available(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: "cpu", then "cuda:0"… and "mps" where present."""
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    return found + (["mps"] if mps is not None and mps.is_available() else [])
+
+
+def available(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or an :class:`InputError` saying which devices this machine has."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(
+            f"device={device!r} is not a device name ({str(e).splitlines()[0]}); "
+            f"available: {', '.join(available_devices())}"
+        ) from None
+    have = available_devices()
+    gpus = sum(h.startswith("cuda") for h in have)
+    ok = dev.type in ("cpu", "meta") or (dev.type == "cuda" and (dev.index or 0) < gpus)
+    ok = ok or (dev.type == "mps" and "mps" in have)
+    if not ok:
+        what = ("no GPU" if not gpus else f"{gpus} GPU(s)") if dev.type == "cuda" else f"no {dev.type} device"
+        raise InputError(f"device={str(device)!r} requested but torch sees {what}; available: {', '.join(have)}")
+    return dev
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
@@ -32,7 +60,7 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
             "bfloat16": torch.bfloat16,
         }
         if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+            raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
         return names[dtype]
     if dtype is not None:
         return dtype

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from .checks import edit_list
 from .conditioning import Embeddings, TextConditioning
 from .delta import Delta
 from .tokens import token_span
 
 
 class Edit(NamedTuple):
-    """Add ``alpha``·``delta`` to the tokens of ``pattern`` (a word or phrase of the prompt)."""
+    """Add ``alpha``·``delta`` to the tokens of ``pattern`` (a word or phrase of the prompt; a compiled
+    ``re.Pattern`` for a regex)."""
 
     delta: Delta
-    pattern: str
+    pattern: str | re.Pattern
     alpha: float
 
 
 def as_edits(edits: Iterable) -> list[Edit]:
     """``edits`` as :class:`Edit`\\ s; plain ``(delta, pattern, alpha)`` tuples are accepted."""
-    out = []
-    for e in edits:
-        if not (isinstance(e, (tuple, list)) and len(e) == 3):
-            raise TypeError(f"an edit is (delta, pattern, alpha), e.g. (size, 'circle', 1.5); got {e!r}")
-        out.append(Edit(*e))
-    return out
+    return [Edit(*e) for e in edit_list(edits)]
 
 
 def apply_edits(cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit]) -> Embeddings:

@@ -8,12 +8,15 @@ and no hooks it reproduces ``pipe(...)`` exactly for the same initial latents.
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
+from . import checks
+from .checks import NonFiniteError
 from .conditioning import Embeddings, TextConditioning
 from .edits import Edit, apply_edits
 from .layout import LayoutConfig, LayoutGuidance
@@ -82,7 +85,7 @@ def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
 def _batch(prompt: str | Sequence[str], seed: int | Sequence[int]) -> tuple[list[str], list[int]]:
     """Prompts and seeds of equal length: one of either is repeated to match the other."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    seeds = [seed] if isinstance(seed, int) else list(seed)
+    seeds = [seed] if isinstance(seed, numbers.Integral) else list(seed)
     if len(prompts) == 1 and len(seeds) > 1:
         prompts = prompts * len(seeds)
     if len(seeds) == 1 and len(prompts) > 1:
@@ -161,7 +164,21 @@ def _guided_step(
     inp = sched.scale_model_input(torch.cat([x, x]), t)
     eps_u, eps_c = cond.unet(inp, t, both, height, width).chunk(2)
     eps = eps_u + guidance_scale * (eps_c - eps_u)
-    return sched.step(eps, t, x, return_dict=False)[0]
+    x = sched.step(eps, t, x, return_dict=False)[0]
+    if not torch.isfinite(x).all():  # never decode NaN into a black image
+        raise NonFiniteError(
+            f"sampling produced NaN/inf latents at timestep {int(t)} (guidance_scale={guidance_scale}); "
+            "in half precision try dtype='fp32' or 'bf16', and check the edits' α and the layout's eta"
+        )
+    return x
+
+
+def _inversion_defaults(pipe, inversion: StartingPoint, steps, negative_prompt, height, width):
+    """(steps, guidance scale, negative prompt, height, width) defaults from an inversion, checked against ``pipe``."""
+    inversion.check(TextConditioning(pipe), steps)
+    negative_prompt = inversion.negative_prompt if negative_prompt is None else negative_prompt
+    height, width = height or inversion.height, width or inversion.width
+    return inversion.steps, inversion.guidance_scale, negative_prompt, height, width
 
 
 def generate(
@@ -201,15 +218,27 @@ def generate(
     to start from instead of noise; its steps, guidance scale, negative prompt and size are the defaults,
     and with no edits or boxes the picture it was made from comes back.
     """
-    single = isinstance(prompt, str) and isinstance(seed, int)
-    prompts, seeds = _batch(prompt, seed)
     d_steps, d_cfg = defaults(pipe)
     if inversion is not None:
-        inversion.check(TextConditioning(pipe), steps)
-        d_steps, d_cfg = inversion.steps, inversion.guidance_scale
-        negative_prompt = inversion.negative_prompt if negative_prompt is None else negative_prompt
-        height, width = height or inversion.height, width or inversion.width
-    steps = steps or d_steps
+        d_steps, d_cfg, negative_prompt, height, width = _inversion_defaults(
+            pipe, inversion, steps, negative_prompt, height, width
+        )
+    edits = checks.sampling(
+        pipe,
+        prompt,
+        seed,
+        steps=steps,
+        default_steps=d_steps,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        edits=edits,
+        delay=delay,
+        height=height,
+        width=width,
+    )
+    single = isinstance(prompt, str) and isinstance(seed, numbers.Integral)
+    prompts, seeds = _batch(prompt, seed)
+    steps = d_steps if steps is None else steps
     guidance_scale = d_cfg if guidance_scale is None else guidance_scale
     if not 0 <= delay <= 1:
         raise ValueError(f"delay is a fraction of the steps, between 0 and 1; got {delay}")
@@ -217,7 +246,7 @@ def generate(
         raise ValueError(f"until is a step index between 0 and steps={steps}; got {until}")
     cond = TextConditioning(pipe)
     dh, dw = cond.default_size()
-    height, width = height or dh, width or dw
+    height, width = dh if height is None else height, dw if width is None else width
 
     plain = cond.encode(prompts)
     edited = apply_edits(cond, plain, edits)

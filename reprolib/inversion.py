@@ -19,6 +19,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import checks
 from .conditioning import Embeddings, TextConditioning
 from .generate import defaults, generate
 
@@ -29,7 +30,7 @@ LARGE_ERROR = 0.25  # relative latent error above which a reconstruction is visi
 ITERATIONS = {"exact": 0, "fixed-point": 4, "ddim": 0}
 
 
-class InversionError(ValueError):
+class InversionError(checks.InputError):
     """An image that cannot be inverted, or an inversion used where it does not fit."""
 
 
@@ -242,6 +243,10 @@ def invert(
     iterations = ITERATIONS[method] if iterations is None else iterations
     if not isinstance(iterations, int) or iterations < 0:
         raise InversionError(f"iterations={iterations!r}: give a whole number ≥ 0 of refinements per step")
+    checks.prompts(prompt)
+    checks.count(steps, "steps")
+    checks.number(guidance_scale, "guidance_scale")
+    checks.size(pipe, height, width)
     cond = TextConditioning(pipe)
     d_steps, d_cfg = defaults(pipe)
     steps, guidance_scale = steps or d_steps, d_cfg if guidance_scale is None else float(guidance_scale)

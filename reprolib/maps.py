@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .attention import AttentionStore, match_layers
 from .conditioning import TextConditioning, Tokens
-from .generate import generate
+from .generate import defaults, generate
 from .tokens import token_span
 
 
@@ -121,11 +122,15 @@ def attention_maps(
     """
     if "output_type" in generate_kwargs:
         raise ValueError("attention_maps always returns a PIL image; do not pass output_type")
-    if not isinstance(prompt, str) or not isinstance(seed, int):
-        raise ValueError("attention_maps takes one prompt and one seed")
+    if not isinstance(prompt, str):
+        raise checks.InputTypeError(f"attention_maps takes one prompt (a str), got {type(prompt).__name__}")
+    checks.integer(seed, "seed", fix="attention_maps takes one seed, e.g. seed=0.")
+    n = defaults(pipe)[0] if checks.count(steps, "steps") is None else steps
+    record_steps = checks.step_indices(record_steps, n)
+    checks.size(pipe, generate_kwargs.get("height"), generate_kwargs.get("width"))
     cond = TextConditioning(pipe)
     toks = cond.tokenize(prompt)
-    words = list(words) if words is not None else prompt_words(toks)
+    words = [words] if isinstance(words, str) else list(words) if words is not None else prompt_words(toks)
     for w in words:
         token_span(toks, w)  # a clear SpanError before spending a generation
     last = max((i for i, s in enumerate(toks.special) if not s), default=0) + 1  # keep the end-of-text token

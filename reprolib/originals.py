@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .checks import InputError
 from .files import atomic_write
 
 REPOSITORY = "https://github.com/CompVis/attribute-control"
@@ -61,7 +62,7 @@ SHA256 = {
 ORIGINAL_DELTAS = tuple(SHA256)  # the names Delta.load accepts: "person_age", "car_price", ...
 
 
-class OriginalNotAvailable(FileNotFoundError):
+class OriginalNotAvailable(InputError, FileNotFoundError):
     """An original delta is not in the cache and could not be downloaded; the message says where to put it."""
 
 

@@ -23,6 +23,7 @@ import diffusers
 import torch
 
 from .architectures import FAMILIES, random_pipeline
+from .checks import InputError, InputTypeError
 from .device import pick_device, pick_dtype
 from .quiet import quiet
 from .tiny import tiny_pipeline
@@ -36,7 +37,7 @@ SHAPES_DIR = Path(__file__).parent / "shapes" / "weights"
 TINY_MODELS = ("tiny-sd15", "tiny-sd21", "tiny-sdxl")
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(InputError, RuntimeError):
     """The model's weights are not here and cannot be fetched; the message says how to get them."""
 
 
@@ -49,12 +50,40 @@ def resolve(model: str | os.PathLike) -> str:
     return KNOWN_MODELS.get(str(model), str(model))
 
 
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file, or an :class:`InputError` naming the file and what is wrong with it."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is broken: not valid JSON ({e}); restore it from where the model came from") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is broken: it holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
 def _pipeline_class(path_or_id: str):
     index = Path(path_or_id) / "model_index.json"
     if index.exists():
-        name = json.loads(index.read_text()).get("_class_name", "DiffusionPipeline")
+        name = read_json(index).get("_class_name", "DiffusionPipeline")
         return getattr(diffusers, name, diffusers.DiffusionPipeline)
     return diffusers.DiffusionPipeline
+
+
+def check_model(model) -> None:
+    """A known name, an existing folder, or a hub id ("owner/name"); else an error listing the known names."""
+    if not isinstance(model, (str, os.PathLike)):
+        raise InputTypeError(f"model must be a name, hub id or folder (str or path), got {type(model).__name__}")
+    text = str(model)
+    if isinstance(model, os.PathLike) or Path(text).exists() or text in (*KNOWN_MODELS, *TINY_MODELS, "shapes"):
+        if isinstance(model, os.PathLike) and not Path(text).exists():
+            raise InputError(f"model folder {text} does not exist; check the path")
+        return
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if looks_like_path:
+        raise InputError(f"model folder {text} does not exist; check the path (a hub id is 'owner/name')")
+    if "/" not in text:
+        known = ", ".join(["shapes", *KNOWN_MODELS, *TINY_MODELS])
+        raise InputError(f"unknown model name {text!r}; known names: {known} (or a hub id 'owner/name', or a folder)")
 
 
 def load_pipeline(
@@ -75,6 +104,7 @@ def load_pipeline(
     (``on_meta=["unet"]`` leaves a component without memory).
     """
     quiet()
+    check_model(model)
     dev = pick_device(device)
     if random_weights:
         return random_weights_pipeline(str(model), dev, pick_dtype(dev, dtype), **kwargs)
@@ -103,7 +133,10 @@ def load_pipeline(
         pipe = cls.from_pretrained(src, dtype=dt, **kwargs)
     except (OSError, ValueError) as e:  # huggingface_hub's offline/missing-repo errors arrive as these
         if local.exists():
-            raise
+            raise InputError(
+                f"{local} has a model_index.json but its pipeline could not be loaded "
+                f"({type(e).__name__}: {str(e)[:300]}); a component folder is missing or broken"
+            ) from e
         hint = f" (the '{model}' entry of reprolib.pipelines.KNOWN_MODELS)" if model in KNOWN_MODELS else ""
         raise ModelNotAvailable(
             f"could not load '{src}'{hint}: it is not in the local Hugging Face cache and could not be "
@@ -137,7 +170,7 @@ def model_defaults(folder: Path) -> dict:
     The shapes world ships one (25 steps, guidance 5); :func:`reprolib.generate.defaults` reads it.
     """
     path = Path(folder) / "reprolib.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def describe(pipe) -> str:

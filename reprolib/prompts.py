@@ -21,10 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from .checks import InputError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A prompt config that is missing a key, has the wrong type somewhere, or cannot be found."""
 
 
@@ -131,6 +133,10 @@ def _prefixes(value) -> list[str]:
             )
         return expand_braces(m.group(2) if m else value)
     if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(
+                "prefixes is an empty list, so no prompt would be made; omit it (one empty prefix) or list some"
+            )
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"prefixes must be strings; got {[type(v).__name__ for v in value]}")
         return [_norm(v) for v in value]

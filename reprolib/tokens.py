@@ -1,36 +1,55 @@
 """Which token positions a word or pattern covers, from the tokenizer's character offsets.
 
 Sub-word safe ("astronaut" may be two tokens: both are returned), every match counts,
-case-insensitive, and start/end/padding tokens are never returned.
+case-insensitive, and start/end/padding tokens are never returned. A pattern is taken literally
+("(red) circle" means those characters) unless it is a compiled ``re.Pattern`` or ``regex=True``.
 """
 
 from __future__ import annotations
 
 import re
 
+from .checks import InputError
+from .checks import pattern as check_pattern
 from .conditioning import Tokens
 
 
-class SpanError(ValueError):
+class SpanError(InputError):
     """A pattern that matches nothing in the prompt, or only part of a token."""
 
 
-def _regex(pattern: str) -> re.Pattern:
-    if re.fullmatch(r"[\w\s'-]+", pattern):  # a plain word or phrase: whole words only ("man" ≠ "woman")
-        return re.compile(r"\b" + r"\s+".join(map(re.escape, pattern.split())) + r"\b", re.IGNORECASE)
-    return re.compile(pattern, re.IGNORECASE)
+def as_regex(pattern: str | re.Pattern, regex: bool = False) -> re.Pattern:
+    """The case-insensitive regex a pattern stands for: a word or phrase matches those words whole ("man" ≠
+    "woman", any spacing, other characters literal); a ``re.Pattern`` (or ``regex=True``) is a regex."""
+    check_pattern(pattern)
+    if isinstance(pattern, re.Pattern):
+        return re.compile(pattern.pattern, pattern.flags | re.IGNORECASE)
+    if regex:
+        try:
+            return re.compile(pattern, re.IGNORECASE)
+        except re.error as e:
+            raise InputError(f"pattern {pattern!r} is not a valid regex ({e}); drop regex=True for a word") from None
+    words = pattern.split()
+    head = r"\b" if re.match(r"\w", words[0]) else ""
+    tail = r"\b" if re.search(r"\w$", words[-1]) else ""
+    return re.compile(head + r"\s+".join(map(re.escape, words)) + tail, re.IGNORECASE)
 
 
-def token_span(tokens: Tokens, pattern: str) -> list[int]:
-    """Positions of the tokens covered by every match of ``pattern`` (a word, phrase or regex).
+def token_span(tokens: Tokens, pattern: str | re.Pattern, regex: bool = False) -> list[int]:
+    """Positions of the tokens covered by every match of ``pattern`` (a word or phrase; a regex if it is a
+    ``re.Pattern`` or ``regex=True``).
 
     A regex with a group (like the original's ``\\b(man)\\b``) selects the group's characters.
     """
-    rx = _regex(pattern)
+    rx = as_regex(pattern, regex)
     matches = [(m.start(1), m.end(1)) if rx.groups else m.span() for m in rx.finditer(tokens.text)]
     matches = [(s, e) for s, e in matches if e > s]
     if not matches:
-        raise SpanError(f"{pattern!r} does not occur in the prompt {tokens.text!r}. Its tokens are: {tokens.table()}")
+        literal = isinstance(pattern, str) and not regex and re.search(r"[()\[\]|*+?\\.^$]", pattern)
+        hint = " (a pattern is taken literally; for a regex pass re.compile(...) or regex=True)" if literal else ""
+        raise SpanError(
+            f"{pattern!r} does not occur in the prompt {tokens.text!r}{hint}. Its tokens are: {tokens.table()}"
+        )
     positions: list[int] = []
     for s, e in matches:
         hit = [i for i, (a, b) in enumerate(tokens.offsets) if not tokens.special[i] and a < e and b > s]

@@ -12,6 +12,7 @@ without a browser.
 
 from __future__ import annotations
 
+import inspect
 import io
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import ipywidgets as w
 from IPython.display import display
 
+from . import checks
 from .conditioning import TextConditioning
 from .delta import Delta
 from .device import cpu_threads
@@ -67,6 +69,29 @@ def _attributes(spec) -> list[Attribute]:
     return out
 
 
+def _check(pipe, prompt, seed, attributes, values, cache_size, threads, generate_kwargs) -> None:
+    """The slider's arguments and the ``generate`` settings it will use, checked before the first frame."""
+    if not isinstance(prompt, str):
+        raise checks.InputTypeError(f"prompt must be one string, got {type(prompt).__name__}")
+    checks.integer(seed, "seed", fix="The slider keeps one seed, e.g. seed=0.")
+    if not (isinstance(values, (tuple, list)) and len(values) == 3):
+        raise checks.InputTypeError(f"values is (min, max, step), e.g. (-2.0, 2.0, 0.25); got {values!r}")
+    for name, v in zip(("values min", "values max", "values step"), values):
+        checks.number(v, name, optional=False)
+    checks.integer(cache_size, "cache_size", minimum=1)
+    checks.count(threads, "threads")
+    allowed = set(inspect.signature(generate).parameters) - {"pipe", "prompt", "seed", "edits", "until", "resume"}
+    unknown = sorted(set(generate_kwargs) - allowed)
+    if unknown:
+        raise checks.InputTypeError(f"unknown setting(s) {unknown} for generate; allowed: {sorted(allowed)}")
+    for a in attributes:
+        checks.pattern(a.pattern, "attribute pattern")
+    kw = {k: generate_kwargs.get(k) for k in ("steps", "guidance_scale", "negative_prompt", "height", "width")}
+    edits = [(a.delta, a.pattern, 1.0) for a in attributes]
+    delay = generate_kwargs.get("delay", DELAY)
+    checks.sampling(pipe, prompt, seed, default_steps=defaults(pipe)[0], edits=edits, delay=delay, **kw)
+
+
 class AttributeSlider:
     """Sliders for α of each attribute and the image they produce; ``render(alphas)`` is cached.
 
@@ -91,9 +116,10 @@ class AttributeSlider:
     ):
         self.pipe, self.prompt, self.seed, self.threads = pipe, prompt, seed, threads
         self.attributes = _attributes(attributes)
+        _check(pipe, prompt, seed, self.attributes, values, cache_size, threads, generate_kwargs)
         lo, hi, step = values
         if not (lo < hi and step > 0):
-            raise ValueError(f"values is (min, max, step) with min < max and step > 0; got {values}")
+            raise checks.InputError(f"values is (min, max, step) with min < max and step > 0; got {values}")
         self.values = (float(lo), float(hi), float(step))
         self.generate_kwargs = generate_kwargs
         self.share_prefix = share_prefix
@@ -139,7 +165,7 @@ class AttributeSlider:
         """The steps before the edits start (``delay``), run once with no edits; None when there are none."""
         if self._prefix is None and self.share_prefix:
             kw = dict(self.generate_kwargs)
-            steps = kw.get("steps") or defaults(self.pipe)[0]
+            steps = defaults(self.pipe)[0] if kw.get("steps") is None else kw["steps"]
             first_edited = first_edited_step(steps, kw.pop("delay", DELAY))
             if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
                 return None  # nothing shared, or guidance hooks that must see every step themselves

@@ -16,10 +16,11 @@ PKG = ROOT / "reprolib"
 # The layers, bottom first: a module may import from its own unit or from units of a lower rank.
 # CLIs (__main__.py) sit on top of everything. README.md's diagram draws the same table.
 RANK = {
+    "checks": 0,
     "quiet": 0,
-    "device": 0,
+    "device": 1,
     "files": 0,
-    "prompts": 0,
+    "prompts": 1,
     "conditioning": 1,
     "originals": 1,
     "tokens": 2,
@@ -61,6 +62,7 @@ METHOD_UNITS = {
     "prompts",
     "device",
     "files",
+    "checks",
 }
 # functions allowed past MAX_LINES, each with the reason
 MAX_LINES = 60

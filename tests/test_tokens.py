@@ -1,5 +1,7 @@
 """token_span: words, phrases and regexes → token positions; sub-word safe; clear errors."""
 
+import re
+
 import pytest
 
 from reprolib.conditioning import TextConditioning
@@ -67,17 +69,29 @@ def test_whole_words_only_and_partial_tokens(cond, bpe):
     toks = cond.tokenize("a woman", bpe)
     with pytest.raises(SpanError, match="does not occur"):
         token_span(toks, "man")
-    # a regex may match inside a word; half a token cannot be edited, so it is refused
+    # a regex (asked for) may match inside a word; half a token cannot be edited, so it is refused
     with pytest.raises(SpanError, match="only part of token"):
-        token_span(toks, "(man)")
+        token_span(toks, re.compile("(man)"))
     with pytest.raises(SpanError, match="only part of token"):
-        token_span(toks, "wo(?=man)")
+        token_span(toks, "wo(?=man)", regex=True)
+
+
+def test_patterns_are_words_unless_a_regex_is_asked_for(cond, bpe):
+    toks = cond.tokenize("a (red) circle and a red circle", bpe)
+    # "(red) circle" means those characters, not the regex that would match the plain "red circle"
+    assert words(toks, token_span(toks, "(red) circle")) == ["(", "red", ")", "circle"]
+    literal = token_span(toks, "(red) circle")
+    regex = token_span(toks, re.compile(r"(red) circle"))  # the group: the plain "red" before "circle"
+    assert words(toks, regex) == ["red"] and regex[0] > max(literal)
+    toks = cond.tokenize("a red circle", bpe)
+    with pytest.raises(SpanError, match="taken literally"):
+        token_span(toks, "red|blue")
 
 
 def test_regex_group_selects_its_characters(cond, bpe):
     toks = cond.tokenize("an old man and a young man", bpe)
-    assert words(toks, token_span(toks, r"young (man)")) == ["man"]
-    assert token_span(toks, r"young (man)") == [token_span(toks, "man")[1]]
+    assert words(toks, token_span(toks, re.compile(r"young (man)"))) == ["man"]
+    assert token_span(toks, r"young (man)", regex=True) == [token_span(toks, "man")[1]]
 
 
 def test_specials_never_returned(sd21):
@@ -86,7 +100,7 @@ def test_specials_never_returned(sd21):
     toks = cond.tokenize("a red circle!")
     assert toks.special[0] and toks.special[-1] and toks.tokens[-1] == "!"
     assert words(toks, token_span(toks, "!")) == ["!"]
-    every = token_span(toks, r".+")
+    every = token_span(toks, re.compile(r".+"))
     assert every and not any(toks.special[i] for i in every)
     assert "".join(words(toks, every)) == "aredcircle!"
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from .. import checks
 from ..contrastive import contrastive_delta
 from ..pipelines import load_pipeline
 from .card import write_card
@@ -36,8 +37,15 @@ def main(argv=None) -> int:
         help="also measure subject specificity of the size delta (and size+colour composition)",
     )
     p.add_argument("--json", default=None, help="write the figures here too")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
     a = p.parse_args(argv)
+    for flag in ("n", "attention", "specificity"):
+        checks.integer(getattr(a, flag), f"--{flag}", minimum=0)
+    if not (a.n or a.attention or a.specificity):
+        p.error("nothing to measure: give --n, --attention or --specificity a positive number")
+    if a.json:
+        checks.output_path(a.json, "--json", overwrite=a.overwrite)
     if a.card and a.model != "shapes":
         p.error(f"--card describes the shipped shapes-world weights; it cannot be written for --model {a.model}")
     if a.card and not (a.n and a.attention):
@@ -82,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(checks.run_cli(main, prog="python -m reprolib.evaluation"))

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from .. import checks
 from ..generate import generate
 from ..shapes import measure, world
 
@@ -38,6 +39,8 @@ def score(caption: str, image) -> dict:
 
 def faithfulness(pipe, n: int = 200, seed: int = EVAL_SEED, batch: int = 16, **generate_kwargs) -> dict:
     """Fractions over ``n`` fresh captions: colour present, shape right, count right, size word obeyed."""
+    checks.integer(n, "n", minimum=1, fix="Measure at least one caption.")
+    checks.integer(batch, "batch", minimum=1)
     captions = fresh_captions(n, seed)
     totals = {"objects": 0, "colour": 0, "shape": 0, "count": 0, "sized": 0, "size": 0}
     t0 = time.perf_counter()

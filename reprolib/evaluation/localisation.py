@@ -11,12 +11,14 @@ from collections import defaultdict
 
 import numpy as np
 
+from .. import checks
 from ..maps import attention_maps
 from ..shapes import measure, world
 
 
 def localisation(pipe, n_scenes: int = 32, seed: int = 20_011, steps: int | None = None) -> dict:
     """Mean ratio per cross-attention layer over the nouns of ``n_scenes`` fresh 2–3 object scenes."""
+    checks.integer(n_scenes, "n_scenes", minimum=1, fix="Measure at least one scene.")
     rng = np.random.default_rng(seed)
     ratios: dict[str, list[float]] = defaultdict(list)
     for k in range(n_scenes):

@@ -9,6 +9,7 @@ stacked on the subject; how often the bystander is still in the picture.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +20,9 @@ from ..shapes import world
 from .deltas import presence, size_sweep
 
 
-def subject_pattern(colour: str, shape: str) -> str:
+def subject_pattern(colour: str, shape: str) -> re.Pattern:
     """A regex selecting only this object's noun ("red (circle)"), so a repeated shape edits one object."""
-    return rf"\b{colour}\s+({shape})\b"
+    return re.compile(rf"\b{colour}\s+({shape})\b")
 
 
 @dataclass

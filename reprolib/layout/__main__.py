@@ -15,11 +15,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from .. import checks
 from ..conditioning import TextConditioning
 from ..maps import AttentionMaps, attention_maps
-from ..pipelines import ModelNotAvailable, load_pipeline
+from ..pipelines import load_pipeline
 from ..plots import plot_grid, plot_overlay
-from .boxes import Box, BoxError, parse_box
+from .boxes import Box, parse_box
 from .energy import layout_energy
 from .guidance import LayoutConfig, LayoutGuidance
 
@@ -60,7 +61,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--overwrite", action="store_true", help="replace image.png and settings.json already in --out")
     return ap
+
+
+PROG = "python -m reprolib.layout"
+WRITES = ("image.png", "settings.json", "attention_grid.png")
 
 
 def _boxes_and_config(args) -> tuple[dict[str, list[Box]], LayoutConfig]:
@@ -110,17 +116,23 @@ def _write(out: Path, maps: AttentionMaps, boxes: dict[str, list[Box]], guidance
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit code 0, or 2 with one ``error:`` line for a user error (bad box, NaN --cfg, unwritable --out, ...)."""
+    return checks.run_cli(run, argv, PROG)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     plt.switch_backend("Agg")
-    try:
-        boxes, config = _boxes_and_config(args)
-        pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-        cond = TextConditioning(pipe)
-        height, width = cond.default_size()
-        guidance = LayoutGuidance(cond, [cond.tokenize(args.prompt)], boxes, config, height=height, width=width)
-    except (BoxError, ValueError, ModelNotAvailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # every argument checked before the model is loaded
+    boxes, config = _boxes_and_config(args)
+    checks.count(args.steps, "--steps")
+    checks.number(args.cfg, "--cfg")
+    checks.prompts(args.prompt, "--prompt")
+    checks.output_path(args.out, "--out", overwrite=args.overwrite, folder=True, files=WRITES)
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    cond = TextConditioning(pipe)
+    height, width = cond.default_size()
+    guidance = LayoutGuidance(cond, [cond.tokenize(args.prompt)], boxes, config, height=height, width=width)
 
     maps = attention_maps(
         pipe,

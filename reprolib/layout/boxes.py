@@ -13,13 +13,14 @@ from numbers import Real
 
 import torch
 
+from ..checks import InputError
 from ..conditioning import Tokens
 from ..tokens import SpanError, token_span
 
 Box = tuple[float, float, float, float]
 
 
-class BoxError(ValueError):
+class BoxError(InputError):
     """A box that is not a normalised (x0, y0, x1, y1) or a phrase that is not in the prompt."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import checks
 from ..attention import AttentionStore, attach, detach, grid_shape, run_until_recorded, select_layers
 from ..conditioning import Embeddings, TextConditioning, Tokens
 from .boxes import Target, box_mask, targets_for
@@ -50,11 +51,12 @@ class LayoutConfig:
 
     def __post_init__(self):
         if self.mode not in ("backward", "forward"):
-            raise ValueError(f"mode must be 'backward' or 'forward', not {self.mode!r}")
-        if self.max_iters < 0 or self.guidance_steps < 0:
-            raise ValueError("max_iters and guidance_steps must be ≥ 0")
-        if not 0 <= self.forward_strength <= 1:
-            raise ValueError(f"forward_strength is a fraction in [0, 1], not {self.forward_strength}")
+            raise checks.InputError(f"mode must be 'backward' or 'forward', not {self.mode!r}")
+        checks.integer(self.max_iters, "max_iters", minimum=0)
+        checks.integer(self.guidance_steps, "guidance_steps", minimum=0)
+        checks.number(self.eta, "eta", optional=False)
+        checks.number(self.loss_threshold, "loss_threshold", optional=False)
+        checks.number(self.forward_strength, "forward_strength", optional=False, low=0.0, high=1.0)
 
 
 class ForwardBias:
@@ -135,6 +137,7 @@ class LayoutGuidance:
             self.store.active = False
             self.listener = self.store
         self._entered = False
+        self._warned = False  # one non-finite warning per run, not one per step
 
     def __enter__(self) -> LayoutGuidance:
         unet = self.cond.pipe.unet
@@ -214,6 +217,17 @@ class LayoutGuidance:
             and not bool((self._last > self.config.loss_threshold).any())
         )
 
+    def _warn(self, what: str) -> None:
+        """The method's answer to NaN/inf: skip the update (the latents stay as they were), said once per run."""
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"layout guidance: {what}; update skipped, and any later ones are skipped silently "
+                "(try float32 or a smaller eta)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
     def _backward_step(self, i: int, t, latents: torch.Tensor, cond_embeddings: Embeddings) -> torch.Tensor:
         """Up to ``max_iters`` gradient steps on the latents while an image's energy is above the threshold."""
         cfg, sched = self.config, self.cond.pipe.scheduler
@@ -227,12 +241,7 @@ class LayoutGuidance:
             record = {"step": i, "iter": it, "energy": value, "updated": False}
             self.history.append(record)
             if not math.isfinite(value):
-                warnings.warn(
-                    f"layout guidance: energy is {value} at step {i}, iteration {it}; update skipped "
-                    "(try float32 or a smaller eta)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                self._warn(f"energy is {value} at step {i}, iteration {it}")
                 break
             # each image is guided on its own (images never interact in the UNet, so masking its energy
             # out of the sum leaves the others' gradients unchanged)
@@ -241,12 +250,7 @@ class LayoutGuidance:
                 break
             grad = self._gradient(cfg.eta * (e * active.to(e.dtype)).sum(), x)
             if not torch.isfinite(grad).all():
-                warnings.warn(
-                    f"layout guidance: non-finite gradient at step {i}, iteration {it}; update "
-                    "skipped (try float32 or a smaller eta)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                self._warn(f"non-finite gradient at step {i}, iteration {it}")
                 break
             latents = (x - step_scale(sched, t) * grad).detach().to(latents.dtype)
             record["updated"] = True

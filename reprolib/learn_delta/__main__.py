@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from .. import checks
 from ..delta import Delta
 from ..pipelines import load_pipeline
+from ..prompts import load_config
 from .loop import SCHEMES, learn_delta
 from .objective import TARGETS
 
@@ -52,9 +55,29 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check(a: argparse.Namespace) -> None:
+    """Every argument that can be checked without the model, checked before it is loaded."""
+    for flag in ("max_steps", "grad_accum", "scale_batch_size", "checkpoint_every", "cache_size"):
+        checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=1)
+    checks.count(a.steps, "--steps")
+    for flag in ("height", "width"):
+        checks.count(getattr(a, flag), f"--{flag}")
+    checks.number(a.guidance_scale, "--guidance-scale")
+    if checks.number(a.lr, "--lr", optional=False) <= 0:
+        raise checks.InputError(f"--lr must be positive, got {a.lr}")
+    if checks.number(a.refresh, "--refresh", optional=False) < 0:
+        raise checks.InputError(f"--refresh must be >= 0, got {a.refresh}")
+    load_config(a.prompts)
+    if a.init is not None and not Path(a.init).is_file():
+        raise checks.InputError(f"--init {a.init}: no such delta file")
+    # the run folder may hold this run's checkpoints (it resumes); RunFolder refuses another run's
+    checks.output_path(a.out, "--out", folder=True)
+
+
 def main(argv: list[str] | None = None) -> Delta:
     """Learn a delta as the arguments say; prints a one-line summary and returns the Delta."""
     a = _parser().parse_args(argv)
+    _check(a)
     pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
     compile_ = a.compile if a.compile is not None else pipe.unet.device.type == "cuda"
     t0 = time.perf_counter()
@@ -93,4 +116,4 @@ def main(argv: list[str] | None = None) -> Delta:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(checks.run_cli(main, prog="python -m reprolib.learn_delta"))

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import checks
+from ..checks import NonFiniteError
 from ..conditioning import TextConditioning
 from ..delta import Delta
 from .counter import UNetCounter
@@ -38,7 +40,7 @@ WEIGHT_DECAY = 0.333
 _META_SETTINGS = ("grad_accum_steps", "scale_batch_size", "lr", "cosine", "seed", "num_steps", "guidance_scale")
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(NonFiniteError):
     """The loss (or Δ) became NaN/inf; the message names the optimizer step."""
 
 
@@ -87,6 +89,7 @@ def learn_delta(
     ``delta.history`` is the per-step record: mean loss, lr, per micro-step losses, k, i, combination and
     cached trajectory id, and the cumulative UNet counts (calls, rows, grad_rows).
     """
+    _check_numbers(pipe, seed=seed, lr=lr, num_steps=num_steps, guidance_scale=guidance_scale, size=(height, width))
     _check_arguments(
         scheme,
         target,
@@ -174,14 +177,23 @@ def learn_delta(
 def _check_arguments(scheme: str, target: str, refresh: float, **counts: int) -> None:
     """Fail early, naming the argument: ``counts`` must each be at least 1."""
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
+        raise checks.InputError(f"scheme must be one of {SCHEMES}, not {scheme!r}")
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+        raise checks.InputError(f"target must be one of {TARGETS}, not {target!r}")
     for name, v in counts.items():
-        if int(v) < 1:
-            raise ValueError(f"{name} must be at least 1, got {v}")
-    if refresh < 0:
-        raise ValueError(f"refresh (trajectories re-sampled per step) must be >= 0, got {refresh}")
+        checks.integer(v, name, minimum=1)
+    if checks.number(refresh, "refresh", optional=False) < 0:
+        raise checks.InputError(f"refresh (trajectories re-sampled per step) must be >= 0, got {refresh}")
+
+
+def _check_numbers(pipe, *, seed, lr, num_steps, guidance_scale, size) -> None:
+    """Seed, learning rate, sampling steps, guidance (NaN would train unguided) and image size, checked."""
+    checks.integer(seed, "seed")
+    if checks.number(lr, "lr", optional=False) <= 0:
+        raise checks.InputError(f"lr must be positive, got {lr}")
+    checks.count(num_steps, "num_steps")
+    checks.number(guidance_scale, "guidance_scale")
+    checks.size(pipe, *size)
 
 
 def _initial_delta(init: Delta | str | Path | None, cond: TextConditioning) -> Delta | None:
@@ -383,6 +395,7 @@ def heldout_loss(
     The same ``seed`` gives the same (prompt, τ, α, x_t) draws for every delta: a fair comparison of
     deltas learned differently (e.g. by the two schemes).
     """
+    checks.integer(samples, "samples", minimum=1)
     p = Problem.with_defaults(
         pipe,
         config,

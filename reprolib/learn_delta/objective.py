@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
+from .. import checks
 from ..conditioning import Embeddings, TextConditioning
 from ..contrastive import subject_span
 from ..generate import defaults
@@ -98,12 +99,15 @@ class Problem:
         width: int | None = None,
     ):
         self.pipe, self.config, self.seed, self.target = pipe, config, seed, target
+        # NaN guidance would sample x_t unguided-and-NaN and train on nothing: refused here, for every caller
+        checks.number(guidance_scale, "guidance_scale", optional=False)
+        checks.integer(num_steps, "num_steps", minimum=1)
         self.S, self.N, self.cfg = scale_batch_size, num_steps, guidance_scale
         self.cond = TextConditioning(pipe)
         # read once: diffusers' ModelMixin.device/.dtype walk every module on each access
         self.device, self.dtype = self.cond.device, pipe.unet.dtype
         dh, dw = self.cond.default_size()  # the original samples at the pipeline's default size
-        self.h, self.w = height or dh, width or dw
+        self.h, self.w = dh if height is None else height, dw if width is None else width
         # the original swaps in DDIM built from the pipeline's own config; a private copy leaves pipe alone
         self.sched = DDIMScheduler.from_config(pipe.scheduler.config)
         self.sched.set_timesteps(num_steps, device=self.device)
@@ -126,7 +130,7 @@ class Problem:
         return cls(
             pipe,
             config,
-            num_steps=int(num_steps or d_steps),
+            num_steps=int(d_steps if num_steps is None else num_steps),
             guidance_scale=float(d_cfg if guidance_scale is None else guidance_scale),
             **kwargs,
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..checks import InputError
 from ..conditioning import TextConditioning
 from ..delta import Delta
 from ..files import atomic_write, write_json
@@ -23,7 +24,7 @@ CHECKPOINT_FORMAT = 1
 RNG_DERIVATION = "sha256(seed, stream, index) per draw; nothing else"
 
 
-class RunConflict(RuntimeError):
+class RunConflict(InputError, RuntimeError):
     """``out_dir`` holds another run's checkpoints; pass ``overwrite=True`` or another folder."""
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import checks
 from ..conditioning import padding_mask
 from ..files import atomic_write
 from . import world
@@ -315,6 +316,16 @@ def _record(a, argv) -> dict:
 def main(argv=None) -> None:
     p = parser()
     a = p.parse_args(argv)
+    for flag in ("scenes", "batch"):
+        checks.integer(getattr(a, flag), f"--{flag}", minimum=1)
+    for flag in ("vae_steps", "unet_steps", "warmup"):
+        checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=0)
+    for flag in ("lr", "lr_final"):
+        if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
+            raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
+    checks.count(a.threads, "--threads")
+    if a.out.exists() and not a.out.is_dir():
+        raise checks.InputError(f"--out {a.out} is a file; give a run folder")
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -369,4 +380,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(checks.run_cli(main, prog="python -m reprolib.shapes.train"))
