@@ -39,6 +39,7 @@ RANK = {
     "learn_delta": 7,
     "plots": 8,
     "evaluation": 9,
+    "box_widget": 9,
 }
 CLI_RANK = 10
 # the method code: it works on any diffusers pipeline and never looks at how one was loaded
@@ -54,6 +55,7 @@ METHOD_UNITS = {
     "generate",
     "maps",
     "widgets",
+    "box_widget",
     "plots",
     "learn_delta",
     "prompts",
