@@ -2,7 +2,7 @@
 
     python benchmarks/deltas.py                       # optimization-free size delta
     python benchmarks/deltas.py --learned runs/size   # ... and a learned one beside it (a Delta file or folder)
-    python benchmarks/deltas.py --slider-only         # only the slider's frame times
+    python benchmarks/deltas.py --slider-only         # only the slider: frame times and the ideas to cut them
 
 Prints Spearman ρ(α, area of the edited object) over α ∈ [−1, 2] (mean over seeds, and of the mean
 curve), and the leak: the bystander's area change ÷ the edited object's, in "a red circle and a blue square".
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import reprolib
+from reprolib.device import cpu_threads
 from reprolib.evaluation import deltas as probes
 
 
@@ -81,6 +82,83 @@ def slider_timing(pipe, delta, rounds: int = 3) -> None:
     )
 
 
+def _moves(s, values, idle: float, gap: float = 0.0) -> list[float]:
+    """Move the slider through ``values`` as a reader would; seconds from each move to its frame on screen.
+
+    A tuple in ``values``: moves that quickly (``gap`` s) one after another, timed from the first move to
+    the last one's frame. ``idle``: seconds the reader looks at a frame before the next move.
+    """
+    out = []
+    for v in values:
+        moves = v if isinstance(v, tuple) else (v,)
+        t = time.perf_counter()
+        for m in moves:
+            s.sliders[0].value = m  # without background, this renders the frame before it returns
+            time.sleep(gap)
+        while s.shown != (round(moves[-1], 6),):
+            time.sleep(0.005)
+        out.append(time.perf_counter() - t)
+        time.sleep(idle)
+    s.wait()
+    return out
+
+
+def slider_ideas(pipe, delta, idle: float = 2.0) -> None:
+    """The ideas for a faster slider, side by side on the same frames (one thread each, as in a notebook).
+
+    - the stop hook that lets a frame be abandoned (it runs the loop under no_grad, not inference_mode);
+    - batching: seconds per frame when 2 or 4 frames share one UNet batch (same α here: the bound for
+      frames of different α, which would need per-image edits);
+    - newest first + neighbours rendered ahead, against one frame per move in the kernel's thread: the time
+      from a move to its frame on screen for a reader stepping the slider and looking ``idle`` s at each
+      frame, and for three moves in a row (keys pressed 50 ms apart).
+    """
+    prompt, spec = "a red circle and a blue square", [(delta, "circle", "size")]
+    with cpu_threads(1):
+        plain = reprolib.attribute_slider(pipe, prompt, spec, seed=0, threads=1)
+        plain.render(0.0)
+        hooked = {True: [], False: []}
+        for k in range(1, 7):
+            for stop in (False, True):
+                alpha = 0.25 * k + (0.01 if stop else 0.0)  # a fresh frame for each
+                t = time.perf_counter()
+                plain.render(alpha, stale=(lambda: False) if stop else None)
+                hooked[stop].append(time.perf_counter() - t)
+        per_frame = {}
+        for n in (1, 2, 4):
+            t = time.perf_counter()
+            for _ in range(2):
+                reprolib.generate(pipe, [prompt] * n, seed=[0] * n, edits=[(delta, "circle", 1.0)])
+            per_frame[n] = (time.perf_counter() - t) / (2 * n)
+    print("slider ideas (one thread):")
+    print(
+        f"  stop hook: {float(np.median(hooked[True])):.2f} s per frame with it, "
+        f"{float(np.median(hooked[False])):.2f} s without"
+    )
+    print(
+        "  batching, seconds per frame (whole loop, no shared prefix): "
+        + ", ".join(f"{n}: {v:.2f}" for n, v in per_frame.items())
+    )
+    steps = [0.25 * k for k in range(1, 7)]
+    rows = {}
+    for name, kw in {
+        "one frame per move (kernel thread)": {"background": False},
+        "newest first, no look-ahead": {"prefetch": 0},
+        "newest first + 2 steps ahead": {"prefetch": 2},
+    }.items():
+        s = reprolib.attribute_slider(pipe, prompt, spec, seed=0, threads=1, values=(-1.0, 2.0, 0.25), **kw)
+        assert s.widget is not None  # built, with its first frame
+        stepping = _moves(s, steps, idle)
+        s.cache_clear()
+        quick = _moves(s, [(-0.25, -0.5, -0.75)], idle=0.0, gap=0.05)
+        rows[name] = (float(np.median(stepping)), quick[0])
+    print(
+        f"  from a move to its frame on screen (reader looks {idle:g} s at each frame; median of {len(steps)} steps):"
+    )
+    for name, (step, quick) in rows.items():
+        print(f"    {name:<36} one step: {step:.2f} s | three quick moves → last shown: {quick:.2f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes")
@@ -90,7 +168,8 @@ def main() -> None:
     a = p.parse_args()
     pipe = reprolib.load_pipeline(a.model)
     if a.slider_only:
-        return slider_timing(pipe, reprolib.contrastive_delta(pipe, "shapes/size"))
+        slider_timing(pipe, reprolib.contrastive_delta(pipe, "shapes/size"))
+        return slider_ideas(pipe, reprolib.contrastive_delta(pipe, "shapes/size"))
     seeds = range(a.seeds)
     print(f"bars: ρ ≥ 0.9, leak ≤ 0.15   ({a.seeds} seeds, α ∈ [−1, 2])")
     report("optimization-free", pipe, reprolib.contrastive_delta(pipe, "shapes/size"), seeds)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from .architectures import FAMILIES, random_pipeline
 from .checks import InputError, InputTypeError
 from .device import pick_device, pick_dtype
-from .quiet import quiet
+from .quiet import no_progress_bars, quiet
 from .tiny import tiny_pipeline
 
 KNOWN_MODELS = {
@@ -130,7 +131,9 @@ def load_pipeline(
         )
     cls = _pipeline_class(src)
     try:
-        pipe = cls.from_pretrained(src, dtype=dt, **kwargs)
+        # a local folder loads in seconds: no "Loading pipeline components" widgets left in notebooks
+        with no_progress_bars() if local.exists() else contextlib.nullcontext():
+            pipe = cls.from_pretrained(src, dtype=dt, **kwargs)
     except (OSError, ValueError) as e:  # huggingface_hub's offline/missing-repo errors arrive as these
         if local.exists():
             raise InputError(

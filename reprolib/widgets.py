@@ -8,17 +8,26 @@ back to a value seen before is instant. The first ``delay`` steps run the unedit
 the same for every α: they are computed once and each new frame starts after them.
 :meth:`AttributeSlider.render` is a plain function of the alphas, so it can be called and tested
 without a browser.
+
+In a notebook the frames are computed by a background thread (``background=True``): a slider move only
+asks for a frame, so the kernel stays free to hear the next move. Only the newest value asked for is
+rendered; a frame under way for a value the reader has already left is abandoned at its next step, so
+the last value shows first. While the reader looks, the thread renders the neighbouring values (one and
+two steps either side), so the next step of the slider is usually already in the cache.
 """
 
 from __future__ import annotations
 
+import base64
 import inspect
 import io
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ipywidgets as w
-from IPython.display import display
+from PIL import Image
 
 from . import checks
 from .conditioning import TextConditioning
@@ -40,6 +49,28 @@ class Attribute:
     @property
     def label(self) -> str:
         return self.name or self.delta.meta.get("tag") or self.pattern
+
+
+class Stale(Exception):
+    """A frame was abandoned because the reader asked for another value meanwhile."""
+
+
+class StopWhenStale:
+    """A :class:`~reprolib.protocols.StepHook` that abandons a frame (raises :class:`Stale`) once ``stale()``."""
+
+    def __init__(self, stale: Callable[[], bool]):
+        self.stale = stale
+
+    def __enter__(self) -> StopWhenStale:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def before_step(self, i, t, latents, embeddings):
+        if self.stale():
+            raise Stale(f"abandoned before step {i}")
+        return latents
 
 
 @dataclass
@@ -99,6 +130,8 @@ class AttributeSlider:
     (steps, guidance_scale, delay, height, ...); the seed stays fixed so only α changes the image.
     ``share_prefix=False`` recomputes the unedited first steps for every frame (same images, slower).
     ``threads``: torch CPU threads while rendering (None: torch's setting).
+    ``background``: slider moves are rendered by a background thread, newest first (see the module);
+    ``prefetch``: how many slider steps either side of the shown value it renders ahead (0: none).
     """
 
     def __init__(
@@ -112,6 +145,8 @@ class AttributeSlider:
         cache_size: int = 64,
         share_prefix: bool = True,
         threads: int | None = None,
+        background: bool = True,
+        prefetch: int = 2,
         **generate_kwargs,
     ):
         self.pipe, self.prompt, self.seed, self.threads = pipe, prompt, seed, threads
@@ -120,9 +155,11 @@ class AttributeSlider:
         lo, hi, step = values
         if not (lo < hi and step > 0):
             raise checks.InputError(f"values is (min, max, step) with min < max and step > 0; got {values}")
+        if prefetch < 0:
+            raise checks.InputError(f"prefetch is a number of slider steps either side, ≥ 0; got {prefetch}")
         self.values = (float(lo), float(hi), float(step))
         self.generate_kwargs = generate_kwargs
-        self.share_prefix = share_prefix
+        self.share_prefix, self.background, self.prefetch = share_prefix, background, prefetch
         # fail now, not at the first slider move: wrong model, or a word missing from the prompt
         cond = TextConditioning(pipe)
         toks = cond.tokenize(prompt)
@@ -131,9 +168,16 @@ class AttributeSlider:
             token_span(toks, a.pattern)
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[float, ...], object] = OrderedDict()
-        self._hits = self._misses = 0
+        self._hits = self._misses = self._abandoned = 0
         self._prefix = None  # the shared unedited first steps (a reprolib.generate.Partial)
         self._widget = None
+        self._compute = threading.RLock()  # one frame at a time: the pipeline is shared
+        self._asked = threading.Condition()  # guards _wanted, _ahead, _busy
+        self._wanted: tuple[float, ...] | None = None  # the newest value the reader asked for, not shown yet
+        self._ahead: list[tuple[float, ...]] = []  # neighbours to render while the reader looks
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self.shown: tuple[float, ...] | None = None
 
     # --- the pure part ------------------------------------------------------------------------------
     def _key(self, alphas) -> tuple[float, ...]:
@@ -143,23 +187,34 @@ class AttributeSlider:
         # rounding makes 0.1 + 0.2 and 0.3 the same frame
         return tuple(round(float(a), 6) for a in alphas)
 
-    def render(self, alphas) -> object:
-        """The image (PIL) for these α values, one per attribute; from the cache when seen before."""
+    def render(self, alphas, *, stale: Callable[[], bool] | None = None) -> object:
+        """The image (PIL) for these α values, one per attribute; from the cache when seen before.
+
+        ``stale``: checked before every step; when it returns True the frame is abandoned (:class:`Stale`).
+        """
         key = self._key(alphas)
-        if key in self._cache:
-            self._hits += 1
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        self._misses += 1
-        edits = [Edit(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
-        with cpu_threads(self.threads):
-            image = generate(
-                self.pipe, self.prompt, seed=self.seed, edits=edits, resume=self.prefix(), **self.generate_kwargs
-            )
-        self._cache[key] = image
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return image
+        with self._compute:
+            if key in self._cache:
+                self._hits += 1
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            self._misses += 1
+            edits = [Edit(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
+            kw = dict(self.generate_kwargs)
+            if stale is not None:
+                kw["hooks"] = [*kw.get("hooks", ()), StopWhenStale(stale)]
+            with cpu_threads(self.threads):
+                prefix = self.prefix()
+                try:
+                    image = generate(self.pipe, self.prompt, seed=self.seed, edits=edits, resume=prefix, **kw)
+                except Stale:
+                    self._misses -= 1
+                    self._abandoned += 1
+                    raise
+            self._cache[key] = image
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return image
 
     def prefix(self) -> Partial | None:
         """The steps before the edits start (``delay``), run once with no edits; None when there are none."""
@@ -170,17 +225,83 @@ class AttributeSlider:
             if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
                 return None  # nothing shared, or guidance hooks that must see every step themselves
             kw["steps"] = steps
-            with cpu_threads(self.threads):
+            with self._compute, cpu_threads(self.threads):
                 self._prefix = generate(self.pipe, self.prompt, seed=self.seed, until=first_edited, **kw)
         return self._prefix
+
+    def neighbours(self, key: tuple[float, ...]) -> list[tuple[float, ...]]:
+        """Values one, then two, ... (``prefetch``) slider steps from ``key`` along each slider, within range."""
+        lo, hi, step = self.values
+        out = []
+        for d in range(1, self.prefetch + 1):
+            for i in range(len(key)):
+                for sign in (1, -1):
+                    v = key[i] + sign * d * step
+                    if lo - 1e-9 <= v <= hi + 1e-9:
+                        out.append(self._key(key[:i] + (v,) + key[i + 1 :]))
+        return out
 
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._misses, len(self._cache), self.cache_size)
 
     def cache_clear(self) -> None:
-        self._cache.clear()
-        self._prefix = None
-        self._hits = self._misses = 0
+        with self._compute:
+            self._cache.clear()
+            self._prefix = None
+            self._hits = self._misses = self._abandoned = 0
+
+    # --- newest first, neighbours ahead: the background thread --------------------------------------
+    def request(self, alphas) -> None:
+        """Ask for the frame of ``alphas`` to be shown; returns at once (the background thread renders it)."""
+        key = self._key(alphas)
+        with self._asked:
+            self._wanted = key
+            self._ahead = []
+            self._asked.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="reprolib-slider", daemon=True)
+                self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the last value asked for is shown and nothing is rendered ahead; False on timeout."""
+        with self._asked:
+            return self._asked.wait_for(lambda: self._wanted is None and not self._ahead and not self._busy, timeout)
+
+    def _moved_on(self) -> bool:
+        return self._wanted is not None
+
+    def _next(self) -> tuple[tuple[float, ...], bool]:
+        """Block for work: (the value asked for, True) first, else (a neighbour to render ahead, False)."""
+        with self._asked:
+            self._busy = False
+            self._asked.notify_all()
+            self._asked.wait_for(lambda: self._wanted is not None or self._ahead)
+            self._busy = True
+            if self._wanted is not None:
+                key, self._wanted = self._wanted, None
+                return key, True
+            return self._ahead.pop(0), False
+
+    def _work(self) -> None:
+        while True:
+            key, asked = self._next()
+            if not asked and key in self._cache:
+                continue
+            try:
+                # abandoned only for another value: asking again for this one keeps the work done
+                image = self.render(key, stale=lambda k=key: self._wanted not in (None, k))
+            except Stale:
+                continue  # the reader moved on: the newer value is next
+            with self._asked:
+                if self._wanted == key:  # asked for while it was rendered ahead
+                    self._wanted, asked = None, True
+                show = asked and self._wanted is None  # a newer value asked for meanwhile goes first
+            if show:
+                self._display(image)
+                self.shown = key
+                with self._asked:
+                    if self._wanted is None:
+                        self._ahead = [k for k in self.neighbours(key) if k not in self._cache]
 
     # --- the widget ---------------------------------------------------------------------------------
     @property
@@ -195,7 +316,7 @@ class AttributeSlider:
             # continuous_update=False: render once on release, not for every pixel dragged
             self.sliders = [
                 w.FloatSlider(
-                    value=0.0,
+                    value=min(max(0.0, lo), hi),
                     min=lo,
                     max=hi,
                     step=step,
@@ -210,19 +331,33 @@ class AttributeSlider:
             for s in self.sliders:
                 s.observe(self._on_change, names="value")
             self._widget = w.VBox([*self.sliders, self.image, self.caption])
-            self._show(self.alphas)
+            self._display(self.render(self.alphas))  # the first frame at once: a saved notebook shows it
+            self.shown = self._key(self.alphas)
         return self._widget
 
-    def _show(self, alphas) -> None:
+    def _display(self, image) -> None:
+        self.frame = image
         buf = io.BytesIO()
-        self.render(alphas).save(buf, format="PNG")
+        image.save(buf, format="PNG")
         self.image.value = buf.getvalue()
 
     def _on_change(self, _change) -> None:
-        self._show(self.alphas)
+        if self.background:
+            self.request(self.alphas)
+        else:
+            self._display(self.render(self.alphas))
+            self.shown = self._key(self.alphas)
 
-    def _ipython_display_(self):
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """The live widget, plus the frame as a PNG: what JupyterLab shows where it cannot show the widget
+        (a notebook not yet trusted, e.g. a fresh clone; a static viewer)."""
+        bundle = dict(self.widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+        frame = self.frame.resize((256, 256 * self.frame.height // self.frame.width), Image.NEAREST)  # as shown
+        buf = io.BytesIO()
+        frame.save(buf, format="PNG")
+        bundle["image/png"] = base64.b64encode(buf.getvalue()).decode()
+        bundle["text/plain"] = f"attribute slider on {self.prompt!r} (run the notebook to move it)"
+        return bundle
 
 
 def attribute_slider(
@@ -235,6 +370,8 @@ def attribute_slider(
     cache_size: int = 64,
     share_prefix: bool = True,
     threads: int | None = None,
+    background: bool = True,
+    prefetch: int = 2,
     **generate_kwargs,
 ) -> AttributeSlider:
     """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook."""
@@ -247,5 +384,7 @@ def attribute_slider(
         cache_size=cache_size,
         share_prefix=share_prefix,
         threads=threads,
+        background=background,
+        prefetch=prefetch,
         **generate_kwargs,
     )

@@ -41,6 +41,7 @@ RANK = {
     "learn_delta": 7,
     "plots": 8,
     "evaluation": 9,
+    "box_widget": 9,
 }
 CLI_RANK = 10
 # the method code: it works on any diffusers pipeline and never looks at how one was loaded
@@ -57,6 +58,7 @@ METHOD_UNITS = {
     "maps",
     "widgets",
     "inversion",
+    "box_widget",
     "plots",
     "learn_delta",
     "prompts",

@@ -65,6 +65,21 @@ def test_local_folder_round_trip(sd15, tmp_path):
     assert pipe.unet.dtype == torch.float32
 
 
+def test_local_folder_loads_without_progress_bars(sd15, tmp_path, monkeypatch, capfd):
+    """#18: a local model loads with no "Loading pipeline components" bar (a stray widget in JupyterLab);
+    the bars are switched back on after, for long work."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    monkeypatch.delenv("CI", raising=False)
+    sd15.save_pretrained(tmp_path / "tiny")
+    dlog.enable_progress_bar(), tlog.enable_progress_bar()
+    capfd.readouterr()
+    load_pipeline(tmp_path / "tiny", device="cpu")
+    assert "Loading" not in capfd.readouterr().err
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+
+
 def test_conditioning_sd(sd15):
     c = TextConditioning(sd15)
     assert c.family == "sd" and list(c.dims) == ["clip"]

@@ -19,7 +19,10 @@ def deltas(sd15):
 
 def slider(pipe, spec, **kw):
     kw.setdefault("values", (-4.0, 4.0, 1.0))
-    return attribute_slider(pipe, PROMPT, spec, seed=1, steps=2, delay=0.0, **kw)
+    kw.setdefault("prefetch", 0)
+    kw.setdefault("steps", 2)
+    kw.setdefault("delay", 0.0)
+    return attribute_slider(pipe, PROMPT, spec, seed=1, **kw)
 
 
 def test_render_returns_images_and_alpha_matters(sd15, deltas):
@@ -57,8 +60,10 @@ def test_slider_change_triggers_render(sd15, deltas):
     assert s.cache_info().misses == 1  # the α = 0 frame shown at once
     before = s.image.value
     s.sliders[0].value = 3.0
+    assert s.wait(60)
     assert s.cache_info().misses == 2 and s.image.value != before
     s.sliders[0].value = 0.0  # back to a frame seen before: no new render
+    assert s.wait(60)
     assert s.cache_info().misses == 2 and s.cache_info().hits == 1 and s.image.value == before
     assert s.image in w.children
 
@@ -92,3 +97,55 @@ def test_frames_share_the_unedited_first_steps(sd15, deltas):
     for alpha, frame in ((2.0, first), (-2.0, second)):
         ref = generate(sd15, PROMPT, seed=1, steps=5, delay=0.4, edits=[(deltas[0], "circle", alpha)])
         np.testing.assert_array_equal(np.asarray(frame), np.asarray(ref))
+
+
+def test_background_renders_only_the_newest_value(sd15, deltas):
+    """#16: three quick moves show the last value first; the frame under way for a passed value is dropped."""
+    s = slider(sd15, [(deltas[0], "circle", "size")])
+    assert s.widget is not None  # built: the slider shows its first frame
+    shown = []
+    s.image.observe(lambda ch: shown.append(ch["new"]), names="value")
+    with s._compute:  # the thread is held at its first frame while the reader moves on twice
+        s.sliders[0].value = 1.0
+        s.sliders[0].value = 2.0
+        s.sliders[0].value = 3.0
+    assert s.wait(60)
+    assert len(shown) == 1 and s.shown == (3.0,)
+    assert s._abandoned <= 1 and (2.0,) not in s._cache  # 1 maybe started, then abandoned; 2 never started
+    ref = slider(sd15, [(deltas[0], "circle", "size")], background=False).render(3.0)
+    np.testing.assert_array_equal(np.asarray(s.render(3.0)), np.asarray(ref))
+
+
+def test_neighbours_are_rendered_ahead_and_identical(sd15, deltas):
+    from reprolib.generate import generate
+
+    s = slider(sd15, [(deltas[0], "circle", "size")], prefetch=2, steps=5, delay=0.4)
+    assert s.neighbours((0.0,)) == [(1.0,), (-1.0,), (2.0,), (-2.0,)]
+    assert s.neighbours((4.0,)) == [(3.0,), (2.0,)]  # not past the slider's end
+    assert s.widget is not None  # built: the slider shows its first frame
+    s.sliders[0].value = 1.0
+    assert s.wait(60)
+    assert {(0.0,), (1.0,), (2.0,), (3.0,), (-1.0,)} <= set(s._cache)  # 0 and 1 shown, 2 3 0 -1 ahead
+    hits, misses = s.cache_info().hits, s.cache_info().misses
+    s.sliders[0].value = 2.0  # the next step: already rendered, shown from the cache
+    assert s.wait(60) and s.shown == (2.0,) and s.cache_info().hits == hits + 1
+    assert s.cache_info().misses == misses + 1 and (4.0,) in s._cache  # only 4, the one new neighbour
+    for alpha in (2.0, 3.0, -1.0):  # frames rendered ahead (with the stop hook) equal plain generate()
+        ref = generate(sd15, PROMPT, seed=1, steps=5, delay=0.4, edits=[(deltas[0], "circle", alpha)])
+        np.testing.assert_array_equal(np.asarray(s.render(alpha)), np.asarray(ref))
+    with pytest.raises(ValueError, match="prefetch"):
+        slider(sd15, [(deltas[0], "circle")], prefetch=-1)
+
+
+def test_a_static_view_gets_the_frame_as_a_picture(sd15, deltas):
+    """#18: where the widget cannot be shown (a notebook not trusted yet), JupyterLab shows the PNG instead."""
+    import base64
+    import io
+
+    s = slider(sd15, [(deltas[0], "circle", "size")])
+    bundle = s._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == s.widget.model_id
+    png = Image.open(io.BytesIO(base64.b64decode(bundle["image/png"])))
+    assert png.size == (256, 256)
+    small = np.asarray(png)[::4, ::4]  # enlarged 4× (nearest): every 4th pixel is the frame
+    np.testing.assert_array_equal(small, np.asarray(s.render(0.0).convert(png.mode)))

@@ -28,7 +28,10 @@ def run(names: list[str] | None = None, folder: Path = ROOT / "notebooks", timeo
     for nb_path in books:
         t = time.perf_counter()
         nb = nbformat.read(nb_path, as_version=4)
-        ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(folder)}})
+        # store_widget_state: the widgets' last state goes into the notebook's metadata, so a reader who opens
+        # a chapter without running it sees each widget as it was (JupyterLab draws it from that state)
+        ep = ExecutePreprocessor(timeout=timeout, kernel_name="python3", store_widget_state=True)
+        ep.preprocess(nb, {"metadata": {"path": str(folder)}})
         nbformat.write(nb, nb_path)
         print(f"{nb_path.name}: executed in {time.perf_counter() - t:.0f} s", flush=True)
 

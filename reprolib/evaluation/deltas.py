@@ -79,3 +79,39 @@ def presence(pipe, prompt: str, edits, obj: tuple[str, str], seeds=range(8), **g
     images = generate(pipe, prompt, seed=list(seeds), edits=edits, **generate_kwargs)
     hits = [measure.find(measure.measure(np.asarray(im)), *obj) is not None for im in images]
     return float(np.mean(hits))
+
+
+def intact(sweep: Sweep, obj: tuple[str, str]) -> np.ndarray:
+    """Per α, the fraction of seeds whose image holds exactly one object of ``obj``'s colour, of ``obj``'s shape.
+
+    A size edit pushed too far splits the object into blobs or changes its shape: the area alone can still
+    fall monotonically while the picture is no longer a smaller ``obj``.
+    """
+    colour, shape = obj
+    out = []
+    for row in sweep.images:
+        ok = []
+        for im in row:
+            same = [f for f in measure.measure(np.asarray(im)) if f.colour == colour]
+            ok.append(len(same) == 1 and same[0].shape == shape)
+        out.append(float(np.mean(ok)))
+    return np.array(out)
+
+
+def usable_range(alphas, mean_area, intact_share, need: float = 1.0) -> tuple[float, float]:
+    """The widest run of ``alphas`` around α = 0 (the one nearest 0) where every step enlarges the mean area
+    and at least ``need`` of the seeds show one intact object: the range a slider should offer."""
+    alphas, area, ok = np.asarray(alphas, float), np.asarray(mean_area, float), np.asarray(intact_share, float)
+    order = np.argsort(alphas)
+    alphas, area, ok = alphas[order], area[order], ok[order]
+    i0 = int(np.argmin(np.abs(alphas)))
+    if ok[i0] < need:
+        raise ValueError(
+            f"at α = {alphas[i0]:g} only {ok[i0]:.0%} of the seeds show the object intact; need {need:.0%}"
+        )
+    lo = hi = i0
+    while lo > 0 and ok[lo - 1] >= need and area[lo - 1] < area[lo]:
+        lo -= 1
+    while hi < len(alphas) - 1 and ok[hi + 1] >= need and area[hi + 1] > area[hi]:
+        hi += 1
+    return float(alphas[lo]), float(alphas[hi])
