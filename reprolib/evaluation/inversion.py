@@ -66,6 +66,7 @@ class Reconstruction:
     iou: list[float] = field(default_factory=list)
     psnr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    plain_seconds: list[float] = field(default_factory=list)  # one plain generation of the same caption, beside it
 
     def summary(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class Reconstruction:
             "mean_iou": float(np.mean(self.iou)),
             "psnr_db": float(np.mean(self.psnr)),
             "seconds_per_inversion": float(np.mean(self.seconds)),
+            "time_ratio": float(np.sum(self.seconds) / np.sum(self.plain_seconds)) if self.plain_seconds else None,
         }
 
 
@@ -100,6 +102,9 @@ def reconstruction(pipe, scenes, method: str = "exact", **invert_kwargs) -> Reco
         t0 = time.perf_counter()
         inv = invert(pipe, picture, scene.caption, method=method, verify=False, **invert_kwargs)
         out.seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        generate(pipe, scene.caption, seed=0)  # timed beside it: the machine's load changes during a run
+        out.plain_seconds.append(time.perf_counter() - t0)
         back = generate(pipe, scene.caption, inversion=inv)
         same, iou = compare(picture, back)
         out.same.append(same)
@@ -118,6 +123,7 @@ class EditCurve:
     other: list[float]  # the other object's area away from every frame's edited object (occlusion is not leak)
     outside: list[float]  # mean |Δ pixel| (0–255) outside the edited object's dilated masks, vs α = 0
     frames: list = field(repr=False, default_factory=list)
+    seconds: dict = field(default_factory=dict)  # inversion, per edited frame, one plain generation
 
     @property
     def rho(self) -> float:
@@ -146,9 +152,14 @@ def edit_curve(
     area and of the pixel difference: a bigger object hiding its neighbour is occlusion, not leak.
     """
     subject, other = scene.objects[:2]
+    t0 = time.perf_counter()
     inv = invert(pipe, world.render(scene), scene.caption, verify=False, **invert_kwargs)
+    t1 = time.perf_counter()
     word = subject_pattern(subject.colour, subject.shape)
     edit = [generate(pipe, scene.caption, inversion=inv, edits=[Edit(delta, word, a)], delay=delay) for a in alphas]
+    t2 = time.perf_counter()
+    generate(pipe, scene.caption, seed=0)
+    seconds = {"inversion": t1 - t0, "frame": (t2 - t1) / len(alphas), "plain": time.perf_counter() - t2}
     found = [measure.measure(np.asarray(f)) for f in edit]
     subj = [measure.find(f, subject.colour) for f in found]
     zero = np.asarray(edit[list(alphas).index(0.0)], float)
@@ -164,4 +175,5 @@ def edit_curve(
         [float((o.mask & away).sum()) if o else 0.0 for o in oth],
         [float(np.abs(np.asarray(f, float) - zero)[away].mean()) for f in edit],
         edit,
+        seconds,
     )
