@@ -39,8 +39,9 @@ RANK = {
     "learn_delta": 7,
     "plots": 8,
     "evaluation": 9,
+    "reproduce": 10,
 }
-CLI_RANK = 10
+CLI_RANK = 11
 # the method code: it works on any diffusers pipeline and never looks at how one was loaded
 METHOD_UNITS = {
     "conditioning",

@@ -1,4 +1,8 @@
-"""Command line: ``python -m reprolib.learn_delta --help``."""
+"""Command line: ``python -m reprolib.learn_delta --help``.
+
+Several ``--prompts`` learn one delta each, into ``--out``/<tag>; under ``accelerate launch`` the configs are shared
+between the processes (:class:`reprolib.reproduce.Workers`), each process learning its own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 from ..delta import Delta
 from ..pipelines import load_pipeline
+from ..prompts import load_config
+from ..reproduce.distribute import Workers
 from .loop import SCHEMES, learn_delta
 from .objective import TARGETS
 
@@ -21,8 +27,18 @@ def _parser() -> argparse.ArgumentParser:
         default="shapes",
         help="shapes, sd15, sd21, sdxl, a hub id or folder; tiny-sd15 / tiny-sd21 / tiny-sdxl for offline checks",
     )
-    ap.add_argument("--prompts", required=True, help="prompt config: shipped name (people/age) or YAML path")
-    ap.add_argument("--out", required=True, help="output folder (config.json, checkpoints/, delta.safetensors)")
+    ap.add_argument(
+        "--prompts",
+        required=True,
+        nargs="+",
+        help="prompt config(s): shipped name (people/age) or YAML path; several learn one delta each",
+    )
+    ap.add_argument(
+        "--out",
+        required=True,
+        help="output folder (config.json, checkpoints/, delta.safetensors); with several --prompts, one subfolder "
+        "per config, named by its tag (people/age → people_age)",
+    )
     ap.add_argument("--device"), ap.add_argument("--dtype", help="fp32, fp16 or bf16 (default: by device)")
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--scheme", choices=SCHEMES, default="cached")
@@ -52,18 +68,26 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> Delta:
-    """Learn a delta as the arguments say; prints a one-line summary and returns the Delta."""
-    a = _parser().parse_args(argv)
-    pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
+def out_dirs(prompts: list[str], out: str) -> dict[str, Path]:
+    """``{config: its output folder}``: ``out`` itself for one config, ``out/<tag>`` for several."""
+    if len(prompts) == 1:
+        return {prompts[0]: Path(out)}
+    dirs = {p: Path(out) / load_config(p).tag.replace("/", "_") for p in prompts}
+    if len(set(dirs.values())) < len(dirs):
+        raise SystemExit(f"--prompts {' '.join(prompts)}: two configs share a tag, so they would share a folder")
+    return dirs
+
+
+def learn_one(pipe, a: argparse.Namespace, prompts: str, out: Path) -> Delta:
+    """One config's delta, as the arguments say; prints a one-line summary."""
     compile_ = a.compile if a.compile is not None else pipe.unet.device.type == "cuda"
     t0 = time.perf_counter()
     delta = learn_delta(
         pipe,
-        a.prompts,
+        prompts,
         max_steps=a.max_steps,
         init=a.init,
-        out_dir=a.out,
+        out_dir=out,
         scheme=a.scheme,
         target=a.target,
         grad_accum_steps=a.grad_accum,
@@ -87,9 +111,21 @@ def main(argv: list[str] | None = None) -> Delta:
     ev = delta.meta["unet_evals"]
     print(
         f"{delta!r}: final loss {delta.meta['final_loss']:.4g}, {ev['rows'] / max(ev['micro_steps'], 1):.1f} "
-        f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {Path(a.out) / 'delta.safetensors'}"
+        f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {out / 'delta.safetensors'}",
+        flush=True,
     )
     return delta
+
+
+def main(argv: list[str] | None = None) -> Delta | list[Delta]:
+    """Learn a delta per config as the arguments say; returns the Delta (a list of them for several configs)."""
+    a = _parser().parse_args(argv)
+    dirs = out_dirs(a.prompts, a.out)
+    workers = Workers()
+    device = a.device or (workers.device if workers.count > 1 else None)
+    pipe = load_pipeline(a.model, device=device, dtype=a.dtype)
+    deltas = workers.map(lambda p: learn_one(pipe, a, p, dirs[p]), a.prompts, desc="configs")
+    return deltas[0] if len(deltas) == 1 else deltas
 
 
 if __name__ == "__main__":
