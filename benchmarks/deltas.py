@@ -6,6 +6,8 @@
 
 Prints Spearman ρ(α, area of the edited object) over α ∈ [−1, 2] (mean over seeds, and of the mean
 curve), and the leak: the bystander's area change ÷ the edited object's, in "a red circle and a blue square".
+The sweeps are those of ``python -m reprolib.reproduce --sections deltas`` (one seed at a time, the same
+functions), so the numbers are the report's; the report adds specificity, composition and the text space.
 """
 
 import argparse
@@ -17,24 +19,19 @@ import torch
 
 import reprolib
 from reprolib.device import cpu_threads
-from reprolib.evaluation import deltas as probes
+from reprolib.reproduce.deltas import join, seed_sweeps, sweep_numbers
+
+ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def report(name: str, pipe, delta, seeds) -> dict:
-    sweep = probes.size_sweep(
-        pipe,
-        delta,
-        "a red circle and a blue square",
-        "circle",
-        target=("red", "circle"),
-        other=("blue", "square"),
-        seeds=seeds,
-    )
-    solo = probes.size_sweep(pipe, delta, "a red circle", "circle", target=("red", "circle"), seeds=seeds)
-    row = {"rho_alone": solo.rho(), "rho_pair": sweep.rho(), "rho_of_mean": sweep.rho_of_mean(), "leak": sweep.leak()}
+    per_seed = [seed_sweeps(pipe, {name: delta}, ALPHAS, s) for s in seeds]
+    row = sweep_numbers({k: join([p[k] for p in per_seed]) for k in per_seed[0]}, [name])[name]
+    subjects = ", ".join(f"{s} {v:.2f}" for s, v in row["rho_per_subject"].items())
     print(
         f"{name:<22} ρ alone {row['rho_alone']:.2f} | ρ in pair {row['rho_pair']:.2f} "
-        f"(of mean curve {row['rho_of_mean']:.2f}) | leak to the square {row['leak']:.2f}"
+        f"(of mean curve {row['rho_of_mean_pair']:.2f}) | leak to the square {row['leak_pair']:.2f} | ρ per subject "
+        f"{subjects}"
     )
     return row
 

@@ -48,6 +48,7 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY) -
     rhos = np.array([c.rho for c in curves])
     leaks = np.array([c.leak for c in curves])
     outside = np.array([max(c.outside) for c in curves])
+    intact = np.array([c.intact_share for c in curves])
     print(
         f"size edits on {len(scenes)} inverted two-object scenes (exact inversion, {iterations} fixed-point "
         f"iterations; delay {delay}), α ∈ {list(probe.ALPHAS)}"
@@ -55,6 +56,7 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY) -
     share = np.mean(rhos >= 0.95)
     print(f"  ρ(α, area) per curve: min {rhos.min():.3f}  mean {rhos.mean():.3f}  (share ≥ 0.95: {share:.2f})")
     print(f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {leaks.mean():.3f}")
+    print(f"  frames intact (subject one object, other present): {intact.mean():.2f}  (worst curve {intact.min():.2f})")
     print(f"  mean |Δ pixel| away from the edited object (worst α): mean {outside.mean():.2f}  max {outside.max():.2f}")
     print(f"  time ÷ one plain generation (each timed beside it): inversion {inversion:.2f}, edited frame {frame:.2f}")
     return {
@@ -63,6 +65,7 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY) -
         "rho": rhos.tolist(),
         "leak": leaks.tolist(),
         "outside_mad": outside.tolist(),
+        "intact": intact.tolist(),
         "inversion_time_ratio": inversion,
         "frame_time_ratio": frame,
     }

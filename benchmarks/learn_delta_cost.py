@@ -1,5 +1,7 @@
 """learn_delta's two schemes side by side: UNet evaluations and wall time per micro-step, and the loss reached.
 
+A thin caller of reprolib.learn_delta.cost, which ``python -m reprolib.reproduce --sections learning`` also runs.
+
     python benchmarks/learn_delta_cost.py                        # the shapes world (needs its weights)
     python benchmarks/learn_delta_cost.py --model tiny-sd15 --height 32 --width 32   # random tiny SD, offline
 
@@ -22,58 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from reprolib.generate import defaults
-from reprolib.learn_delta import Problem, heldout_loss, learn_delta
+from reprolib.learn_delta.cost import projected_counts, scheme_cost
 from reprolib.pipelines import load_pipeline
-from reprolib.prompts import load_config
-
-
-@contextmanager
-def stub_unet(pipe) -> Iterator[None]:
-    """Every UNet evaluation returns zeros (still differentiable in the text states): counts only, no compute.
-
-    Patched at the UNet's ``forward``, inside the module call that learn_delta's counter hooks, so the counts
-    are the real ones.
-    """
-
-    def forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
-        return UNet2DConditionOutput(sample=sample * 0 + encoder_hidden_states.float().mean() * 0)
-
-    pipe.unet.forward = forward  # an instance attribute shadows the class's forward
-    try:
-        yield
-    finally:
-        del pipe.unet.forward
-
-
-def original_counts(pipe, prompts, micro_steps: int, n_steps: int, cfg: float, S: int, seed: int) -> dict:
-    """The original scheme's exact counts from its τ draws alone: 2k + 3 + S rows, k + 4 calls a micro-step.
-
-    (tests/test_learn_delta.py checks this formula against the counter on real runs.)
-    """
-    p = Problem(
-        pipe, load_config(prompts), seed=seed, target="x0", num_steps=n_steps, guidance_scale=cfg, scale_batch_size=S
-    )
-    ks = [p.draw(n)[0] for n in range(micro_steps)]
-    g = 2 if cfg > 1 else 1
-    return {
-        "rows": sum(g * k + 3 + S for k in ks) / micro_steps,
-        "calls": sum(k + 4 for k in ks) / micro_steps,
-        "grad_rows": S,
-    }
-
-
-def per_micro(delta) -> dict[str, float]:
-    ev = delta.meta["unet_evals"]
-    n = max(ev["micro_steps"], 1)
-    return {k: ev[k] / n for k in ("rows", "calls", "grad_rows")}
 
 
 def main(argv=None) -> dict:
@@ -117,37 +73,10 @@ def main(argv=None) -> dict:
         f"CFG {cfg}, scale batch {a.scale_batch_size}, cache {a.cache_size} refreshing {a.refresh}/step, "
         f"seed {a.seed}; torch threads {torch.get_num_threads()}"
     )
-    res = {}
-    for scheme in ("original", "cached"):
-        t0 = time.perf_counter()
-        d = learn_delta(pipe, a.prompts, max_steps=a.steps, scheme=scheme, **common)
-        wall = time.perf_counter() - t0
-        last = d.meta["loss_history"][-a.last :]
-        held = (
-            heldout_loss(
-                pipe,
-                a.prompts,
-                d,
-                samples=a.heldout,
-                target=a.target,
-                num_steps=n_steps,
-                guidance_scale=cfg,
-                scale_batch_size=a.scale_batch_size,
-                height=a.height,
-                width=a.width,
-            )
-            if a.heldout
-            else float("nan")
-        )
-        res[scheme] = {
-            **per_micro(d),
-            "wall": wall,
-            "wall_micro": wall / (a.steps * a.grad_accum),
-            "loss": sum(last) / len(last),
-            "heldout": held,
-            "norm": d.norm(),
-        }
-
+    res = {
+        scheme: scheme_cost(pipe, a.prompts, scheme, steps=a.steps, last=a.last, heldout=a.heldout, **common)
+        for scheme in ("original", "cached")
+    }
     print(
         f"\n{'scheme':<9} {'rows/micro':>10} {'calls/micro':>11} {'grad rows':>9} {'wall s':>8} "
         f"{'s/micro':>8} {'train(last ' + str(a.last) + ')':>14} {'held-out':>9} {'|Δ|':>7}"
@@ -169,12 +98,8 @@ def main(argv=None) -> dict:
     )
 
     if a.project:
-        with stub_unet(pipe):
-            pc = per_micro(
-                learn_delta(pipe, a.prompts, max_steps=a.project, scheme="cached", **{**common, "progress": False})
-            )
-        po = original_counts(pipe, a.prompts, a.project * a.grad_accum, n_steps, cfg, a.scale_batch_size, a.seed)
-        proj = {"original": po, "cached": pc}
+        proj = projected_counts(pipe, a.prompts, steps=a.project, **common)
+        po, pc = proj["original"], proj["cached"]
         print(
             f"\nprojected for a {a.project}-step run (exact counts: cached with a stub UNet, original from "
             f"its τ draws): original {po['rows']:.2f} rows "

@@ -1,4 +1,4 @@
-"""The extension seams of reprolib, written down: a step hook, an attention listener, a starting point.
+"""The extension seams of reprolib: a step hook, an attention listener, a starting point, a report section.
 
 Anything with these methods plugs in; nothing needs to inherit from a reprolib class.
 
@@ -66,3 +66,20 @@ class StartingPoint(Protocol):
     def check(self, cond, steps: int | None) -> None:
         """Raise when this starting point does not fit the pipeline of ``cond`` or ``steps``."""
         ...
+
+
+@runtime_checkable
+class ReportSection(Protocol):
+    """One part of ``python -m reprolib.reproduce``'s report: a paper's experiment, measured on a model.
+
+    ``skip(model)`` says why the section cannot run on ``model`` (None: it can); ``run(context)`` measures and
+    returns an :class:`reprolib.reproduce.Outcome` (numbers, timings, figures, claims). Work spread over
+    processes goes through ``context.workers``, so a section is the same code on one process or many.
+    """
+
+    name: str
+    title: str
+
+    def skip(self, model: str) -> str | None: ...
+
+    def run(self, context) -> object: ...

@@ -42,8 +42,9 @@ RANK = {
     "plots": 8,
     "evaluation": 9,
     "box_widget": 9,
+    "reproduce": 10,
 }
-CLI_RANK = 10
+CLI_RANK = 11
 # the method code: it works on any diffusers pipeline and never looks at how one was loaded
 METHOD_UNITS = {
     "conditioning",

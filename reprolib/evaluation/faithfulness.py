@@ -37,24 +37,39 @@ def score(caption: str, image) -> dict:
     return r
 
 
+def totals(pipe, captions: list[str], seeds: list[int], **generate_kwargs) -> dict[str, int]:
+    """Summed :func:`score` counts of one batch of captions, each generated with its seed."""
+    out = dict.fromkeys(("objects", "colour", "shape", "count", "sized", "size"), 0)
+    for c, im in zip(captions, generate(pipe, captions, seed=seeds, **generate_kwargs)):
+        for k, v in score(c, im).items():
+            out[k] += v
+    return out
+
+
+def fractions(t: dict[str, int], n: int) -> dict[str, float]:
+    """Colour present, shape right, count right, size word obeyed, from summed counts over ``n`` captions."""
+    return {
+        "captions": n,
+        "colour": t["colour"] / t["objects"],
+        "shape": t["shape"] / t["objects"],
+        "count": t["count"] / n,
+        "size": t["size"] / max(1, t["sized"]),
+    }
+
+
+def batches(n: int, seed: int = EVAL_SEED, batch: int = 16) -> list[tuple[list[str], list[int]]]:
+    """The ``n`` fresh captions in batches of ``batch``, with their seeds: the units of work."""
+    captions = fresh_captions(n, seed)
+    return [(captions[i : i + batch], list(range(i, min(i + batch, n)))) for i in range(0, n, batch)]
+
+
 def faithfulness(pipe, n: int = 200, seed: int = EVAL_SEED, batch: int = 16, **generate_kwargs) -> dict:
     """Fractions over ``n`` fresh captions: colour present, shape right, count right, size word obeyed."""
     checks.integer(n, "n", minimum=1, fix="Measure at least one caption.")
     checks.integer(batch, "batch", minimum=1)
-    captions = fresh_captions(n, seed)
-    totals = {"objects": 0, "colour": 0, "shape": 0, "count": 0, "sized": 0, "size": 0}
     t0 = time.perf_counter()
-    for i in range(0, n, batch):
-        caps = captions[i : i + batch]
-        images = generate(pipe, caps, seed=list(range(i, i + len(caps))), **generate_kwargs)
-        for c, im in zip(caps, images):
-            for k, v in score(c, im).items():
-                totals[k] += v
-    return {
-        "captions": n,
-        "colour": totals["colour"] / totals["objects"],
-        "shape": totals["shape"] / totals["objects"],
-        "count": totals["count"] / n,
-        "size": totals["size"] / max(1, totals["sized"]),
-        "seconds_per_image": (time.perf_counter() - t0) / n,
-    }
+    summed = dict.fromkeys(("objects", "colour", "shape", "count", "sized", "size"), 0)
+    for caps, seeds in batches(n, seed, batch):
+        for k, v in totals(pipe, caps, seeds, **generate_kwargs).items():
+            summed[k] += v
+    return {**fractions(summed, n), "seconds_per_image": (time.perf_counter() - t0) / n}

@@ -124,6 +124,11 @@ class EditCurve:
     outside: list[float]  # mean |Δ pixel| (0–255) outside the edited object's dilated masks, vs α = 0
     frames: list = field(repr=False, default_factory=list)
     seconds: dict = field(default_factory=dict)  # inversion, per edited frame, one plain generation
+    intact: list[bool] = field(default_factory=list)  # one object of the subject's colour, the other one present
+
+    @property
+    def intact_share(self) -> float:
+        return float(np.mean(self.intact))
 
     @property
     def rho(self) -> float:
@@ -168,6 +173,9 @@ def edit_curve(
         near |= s.mask if s else False
     away = ~dilate(near)
     oth = [measure.find(f, other.colour) for f in found]
+    # a frame is intact when the subject is still one object (no second copy of it appeared) and the
+    # other object was not replaced: the area curves alone would not see either
+    intact = [sum(g.colour == subject.colour for g in f) == 1 and o is not None for f, o in zip(found, oth)]
     return EditCurve(
         scene.caption,
         list(alphas),
@@ -176,4 +184,5 @@ def edit_curve(
         [float(np.abs(np.asarray(f, float) - zero)[away].mean()) for f in edit],
         edit,
         seconds,
+        intact,
     )

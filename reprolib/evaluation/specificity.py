@@ -17,7 +17,7 @@ import numpy as np
 from ..delta import Delta
 from ..edits import Edit
 from ..shapes import world
-from .deltas import presence, size_sweep
+from .deltas import Sweep, presence, size_sweep
 
 
 def subject_pattern(colour: str, shape: str) -> re.Pattern:
@@ -34,6 +34,31 @@ class Specificity:
     leak: dict[tuple[str, str], float] = field(default_factory=dict)
     growth: dict[tuple[str, str], float] = field(default_factory=dict)  # the subject's mean area change (px)
     kept: dict[tuple[str, str], float] = field(default_factory=dict)
+    sweeps: dict[tuple[str, str], Sweep] = field(default_factory=dict, repr=False)  # areas, images dropped
+
+    @classmethod
+    def merge(cls, parts: list[Specificity]) -> Specificity:
+        """One result from results on disjoint seeds (e.g. from several processes), as if measured at once.
+
+        Presence is averaged weighted by seeds; leak and growth are recomputed from the joined areas.
+        """
+        out = cls(parts[0].alpha, [s for p in parts for s in p.seeds])
+        for key in parts[0].sweeps:
+            sw = [p.sweeps[key] for p in parts]
+            joined = Sweep(
+                sw[0].alphas,
+                out.seeds,
+                np.concatenate([w.target for w in sw], axis=1),
+                np.concatenate([w.other for w in sw], axis=1),
+                [],
+            )
+            out.sweeps[key] = joined
+            out.leak[key] = joined.leak()
+            t = np.nanmean(joined.target, axis=1)
+            out.growth[key] = float(t[-1] - t[0])
+            if key in parts[0].kept:
+                out.kept[key] = float(sum(p.kept[key] * len(p.seeds) for p in parts) / len(out.seeds))
+        return out
 
     def worst_leak(self) -> float:
         return max(self.leak.values())
@@ -91,6 +116,8 @@ def specificity(
                 seeds=seeds,
                 **generate_kwargs,
             )
+            sweep.images = []
+            out.sweeps[(subject, bystander)] = sweep
             out.leak[(subject, bystander)] = sweep.leak()
             t = np.nanmean(sweep.target, axis=1)
             out.growth[(subject, bystander)] = float(t[-1] - t[0])

@@ -1,4 +1,8 @@
-"""Command line: ``python -m reprolib.learn_delta --help``."""
+"""Command line: ``python -m reprolib.learn_delta --help``.
+
+Several ``--prompts`` learn one delta each, into ``--out``/<tag>; under ``accelerate launch`` the configs are shared
+between the processes (:class:`reprolib.reproduce.Workers`), each process learning its own.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from .. import checks
 from ..delta import Delta
 from ..pipelines import load_pipeline
 from ..prompts import load_config
+from ..reproduce.distribute import Workers
 from .loop import SCHEMES, learn_delta
 from .objective import TARGETS
 
@@ -24,8 +29,18 @@ def _parser() -> argparse.ArgumentParser:
         default="shapes",
         help="shapes, sd15, sd21, sdxl, a hub id or folder; tiny-sd15 / tiny-sd21 / tiny-sdxl for offline checks",
     )
-    ap.add_argument("--prompts", required=True, help="prompt config: shipped name (people/age) or YAML path")
-    ap.add_argument("--out", required=True, help="output folder (config.json, checkpoints/, delta.safetensors)")
+    ap.add_argument(
+        "--prompts",
+        required=True,
+        nargs="+",
+        help="prompt config(s): shipped name (people/age) or YAML path; several learn one delta each",
+    )
+    ap.add_argument(
+        "--out",
+        required=True,
+        help="output folder (config.json, checkpoints/, delta.safetensors); with several --prompts, one subfolder "
+        "per config, named by its tag (people/age → people_age)",
+    )
     ap.add_argument("--device"), ap.add_argument("--dtype", help="fp32, fp16 or bf16 (default: by device)")
     ap.add_argument("--max-steps", type=int, default=1000)
     ap.add_argument("--scheme", choices=SCHEMES, default="cached")
@@ -67,26 +82,35 @@ def _check(a: argparse.Namespace) -> None:
         raise checks.InputError(f"--lr must be positive, got {a.lr}")
     if checks.number(a.refresh, "--refresh", optional=False) < 0:
         raise checks.InputError(f"--refresh must be >= 0, got {a.refresh}")
-    load_config(a.prompts)
+    for p in a.prompts:
+        load_config(p)
     if a.init is not None and not Path(a.init).is_file():
         raise checks.InputError(f"--init {a.init}: no such delta file")
     # the run folder may hold this run's checkpoints (it resumes); RunFolder refuses another run's
-    checks.output_path(a.out, "--out", folder=True)
+    for out in out_dirs(a.prompts, a.out).values():
+        checks.output_path(out, "--out", folder=True)
 
 
-def main(argv: list[str] | None = None) -> Delta:
-    """Learn a delta as the arguments say; prints a one-line summary and returns the Delta."""
-    a = _parser().parse_args(argv)
-    _check(a)
-    pipe = load_pipeline(a.model, device=a.device, dtype=a.dtype)
+def out_dirs(prompts: list[str], out: str) -> dict[str, Path]:
+    """``{config: its output folder}``: ``out`` itself for one config, ``out/<tag>`` for several."""
+    if len(prompts) == 1:
+        return {prompts[0]: Path(out)}
+    dirs = {p: Path(out) / load_config(p).tag.replace("/", "_") for p in prompts}
+    if len(set(dirs.values())) < len(dirs):
+        raise checks.InputError(f"--prompts {' '.join(prompts)}: two configs share a tag, so they would share a folder")
+    return dirs
+
+
+def learn_one(pipe, a: argparse.Namespace, prompts: str, out: Path) -> Delta:
+    """One config's delta, as the arguments say; prints a one-line summary."""
     compile_ = a.compile if a.compile is not None else pipe.unet.device.type == "cuda"
     t0 = time.perf_counter()
     delta = learn_delta(
         pipe,
-        a.prompts,
+        prompts,
         max_steps=a.max_steps,
         init=a.init,
-        out_dir=a.out,
+        out_dir=out,
         scheme=a.scheme,
         target=a.target,
         grad_accum_steps=a.grad_accum,
@@ -110,9 +134,22 @@ def main(argv: list[str] | None = None) -> Delta:
     ev = delta.meta["unet_evals"]
     print(
         f"{delta!r}: final loss {delta.meta['final_loss']:.4g}, {ev['rows'] / max(ev['micro_steps'], 1):.1f} "
-        f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {Path(a.out) / 'delta.safetensors'}"
+        f"UNet rows per micro-step, {time.perf_counter() - t0:.0f} s → {out / 'delta.safetensors'}",
+        flush=True,
     )
     return delta
+
+
+def main(argv: list[str] | None = None) -> Delta | list[Delta]:
+    """Learn a delta per config as the arguments say; returns the Delta (a list of them for several configs)."""
+    a = _parser().parse_args(argv)
+    _check(a)
+    dirs = out_dirs(a.prompts, a.out)
+    workers = Workers()
+    device = a.device or (workers.device if workers.count > 1 else None)
+    pipe = load_pipeline(a.model, device=device, dtype=a.dtype)
+    deltas = workers.map(lambda p: learn_one(pipe, a, p, dirs[p]), a.prompts, desc="configs")
+    return deltas[0] if len(deltas) == 1 else deltas
 
 
 if __name__ == "__main__":
