@@ -71,16 +71,7 @@ def main(argv=None) -> int:
             seeds=range(a.specificity),
         )
         print(spec)
-        out["specificity"] = {
-            "alpha": spec.alpha,
-            "seeds": len(spec.seeds),
-            "worst_leak": spec.worst_leak(),
-            "worst_kept": spec.worst_kept(),
-            "pairs": {
-                f"{s} -> {b}": {"leak": v, "growth_px": spec.growth[(s, b)], "kept": spec.kept.get((s, b))}
-                for (s, b), v in spec.leak.items()
-            },
-        }
+        out["specificity"] = spec.numbers()
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -66,6 +66,19 @@ class Specificity:
     def worst_kept(self) -> float:
         return min(self.kept.values()) if self.kept else float("nan")
 
+    def numbers(self) -> dict:
+        """The figures as JSON-ready numbers (the evaluation CLI's ``--json`` and the report's results)."""
+        return {
+            "alpha": self.alpha,
+            "seeds": len(self.seeds),
+            "worst_leak": self.worst_leak(),
+            "worst_kept": self.worst_kept(),
+            "pairs": {
+                f"{s} -> {b}": {"leak": v, "growth_px": self.growth[(s, b)], "kept": self.kept.get((s, b))}
+                for (s, b), v in self.leak.items()
+            },
+        }
+
     def format(self) -> str:
         lines = [
             f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "

@@ -97,16 +97,7 @@ def sweep_numbers(sweeps: dict, names: list[str]) -> dict:
 
 
 def specificity_numbers(spec: Specificity) -> dict:
-    return {
-        "alpha": spec.alpha,
-        "seeds": len(spec.seeds),
-        "worst_leak": spec.worst_leak(),
-        "worst_kept": spec.worst_kept(),
-        "pairs": {
-            f"{s} -> {b}": {"leak": v, "growth_px": spec.growth[(s, b)], "kept": spec.kept.get((s, b))}
-            for (s, b), v in spec.leak.items()
-        },
-    }
+    return spec.numbers()
 
 
 class DeltaSection:
