@@ -15,6 +15,7 @@ same batches and noise as one that never stopped. Checkpoints are written atomic
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from .. import checks
 from ..conditioning import padding_mask
 from ..files import atomic_write
-from . import world
+from . import grounding, world
 from .model import assemble, build_text_encoder, build_unet, build_vae, training_scheduler
 from .tokenizer import load_tokenizer, save_tokenizer
 
@@ -50,6 +51,10 @@ def _foreground(x: torch.Tensor) -> torch.Tensor:
     return ((x - bg).abs().sum(1, keepdim=True) > 0.05).to(x.dtype)
 
 
+def _scenes(n: int, seed: int, mix: str) -> list[world.Scene]:
+    return world.scenes(n, seed=seed, p_empty=0.1, **world.MIXES[mix])
+
+
 def data(out: Path, n_scenes: int, seed: int, mix: str = "v1") -> tuple[torch.Tensor, list[str]]:
     """Rendered training images and captions (cached; rebuilt identically from the seed and mix)."""
     path = out / "data.pt"
@@ -57,7 +62,7 @@ def data(out: Path, n_scenes: int, seed: int, mix: str = "v1") -> tuple[torch.Te
         d = torch.load(path)
         if d["n"] == n_scenes and d["seed"] == seed and d.get("mix", "v1") == mix:
             return d["images"], d["captions"]
-    scenes = world.scenes(n_scenes, seed=seed, p_empty=0.1, **world.MIXES[mix])
+    scenes = _scenes(n_scenes, seed, mix)
     images = torch.cat([_images(scenes[i : i + 1000]) for i in tqdm(range(0, n_scenes, 1000), desc="render")])
     images = ((images + 1) * 127.5).round().to(torch.uint8)
     captions = [s.caption for s in scenes]
@@ -132,6 +137,15 @@ def learning_rate(step: int, steps: int, lr: float, decay_from: int | None, lr_f
     return lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@torch.no_grad()
+def _ema_update(ema: dict, models: dict, decay: float) -> None:
+    """EMA weights are what ships: they sample far cleaner than the last step's."""
+    for name, model in models.items():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[name][k].mul_(decay).add_(v, alpha=1 - decay)
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -147,10 +161,14 @@ def train_unet(
     init: Path | None = None,
     mask_padding: bool = False,
     warmup: int = 0,
+    scenes: list | None = None,
+    grounding_weight: float = 0.0,
+    attribute_dropout: float = 0.0,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
-    ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``)."""
+    ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
+    ``grounding_weight`` / ``attribute_dropout`` (need ``scenes``, the captions' scenes): see ``grounding``."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
     unet, text = build_unet(), build_text_encoder(tokenizer)
@@ -172,6 +190,10 @@ def train_unet(
         captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
     ).input_ids
     sf = latents["scaling_factor"]
+    if grounding_weight:
+        positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
+    if attribute_dropout:
+        attributes = grounding.attribute_positions(ids, tokenizer)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
     t0, running = time.time(), None
@@ -187,17 +209,21 @@ def train_unet(
         xt = sched.add_noise(x0, noise, t)
         cond = text(ids[idx])[0]
         mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
-        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample, noise)
+        if attribute_dropout:
+            mask = torch.ones_like(ids[idx]) if mask is None else mask
+            mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
+        with grounding.cross_attention_probs(unet) if grounding_weight else contextlib.nullcontext({}) as maps:
+            pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+        loss = diffusion = F.mse_loss(pred, noise)
+        if grounding_weight:
+            loss = loss + grounding_weight * grounding.grounding_loss(maps, positions[idx], masks[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        with torch.no_grad():  # EMA weights are what ships: they sample far cleaner than the last step's
-            for name, model in (("unet", unet), ("text", text)):
-                for k, v in model.state_dict().items():
-                    if v.dtype.is_floating_point:
-                        ema[name][k].mul_(ema_decay).add_(v, alpha=1 - ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        _ema_update(ema, {"unet": unet, "text": text}, ema_decay)
+        # the smoothed diffusion loss alone, comparable across runs with and without the grounding term
+        running = diffusion.item() if running is None else 0.98 * running + 0.02 * diffusion.item()
         bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % 250 == 0 or step + 1 == steps:
             history.append(
@@ -281,6 +307,19 @@ def parser() -> argparse.ArgumentParser:
         help="latent scaling factor to keep (with --init-from: default that folder's latents.pt; "
         "checkpoints/shapes has none: pass 0.9965722560882568, v1's)",
     )
+    p.add_argument(
+        "--grounding",
+        type=float,
+        default=0.0,
+        help="weight of the grounding loss: each noun's cross-attention on its own object, every layer "
+        "(reprolib.shapes.grounding; 0 = off, the v1/v2 recipe)",
+    )
+    p.add_argument(
+        "--attribute-dropout",
+        type=float,
+        default=0.0,
+        help="share of captions whose colour and size words are hidden from cross-attention (0 = off)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
     return p
@@ -310,6 +349,10 @@ def _record(a, argv) -> dict:
         run["mix"] = a.mix
     if a.mask_padding:
         run["mask_padding"] = True
+    if a.grounding:
+        run["grounding"] = a.grounding
+    if a.attribute_dropout:
+        run["attribute_dropout"] = a.attribute_dropout
     return run
 
 
@@ -320,9 +363,11 @@ def main(argv=None) -> None:
         checks.integer(getattr(a, flag), f"--{flag}", minimum=1)
     for flag in ("vae_steps", "unet_steps", "warmup"):
         checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=0)
-    for flag in ("lr", "lr_final"):
+    for flag in ("lr", "lr_final", "grounding"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
             raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
+    if not 0 <= checks.number(a.attribute_dropout, "--attribute-dropout", optional=False) <= 1:
+        raise checks.InputError(f"--attribute-dropout must be in [0, 1], got {a.attribute_dropout}")
     checks.count(a.threads, "--threads")
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
@@ -360,6 +405,11 @@ def main(argv=None) -> None:
     vae = train_vae(a.out, images, vae_steps, a.seed)
     latents, sf = encode_all(a.out, vae, images, sf_keep)
     print(f"latent scaling factor {sf:.4f}")
+    scenes = None
+    if a.grounding or a.attribute_dropout:  # the objects behind each caption, rebuilt from the seed
+        scenes = _scenes(a.scenes, a.seed, a.mix)
+        if [s.caption for s in scenes] != captions:
+            raise checks.InputError(f"{a.out / 'data.pt'} does not match --scenes/--seed/--mix; delete it")
     _, _, _, history = train_unet(
         a.out,
         latents,
@@ -374,6 +424,9 @@ def main(argv=None) -> None:
         init=a.init_from / "unet.pt" if a.init_from else None,
         mask_padding=a.mask_padding,
         warmup=a.warmup,
+        scenes=scenes,
+        grounding_weight=a.grounding,
+        attribute_dropout=a.attribute_dropout,
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
