@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 env: $(VENV)/.installed
 
 # torch is pinned first so that nothing can pull a multi-GB CUDA build in its place
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/lab_settings.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

@@ -20,6 +20,7 @@ RANK = {
     "quiet": 0,
     "device": 1,
     "files": 0,
+    "widget_state": 0,
     "prompts": 1,
     "conditioning": 1,
     "originals": 1,

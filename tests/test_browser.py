@@ -11,7 +11,10 @@ Skips only when no Chromium (and its chromedriver) is installed: `.ci/run` insta
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+VIEW = "application/vnd.jupyter.widget-view+json"
 ERRORS = ("Error displaying widget", "model not found", "Traceback (most recent call last)")
 
 
@@ -66,6 +70,10 @@ def lab(tmp_path_factory):
     if found is None:
         pytest.skip("no Chromium + chromedriver on this machine (apt-get install chromium chromium-driver)")
     pytest.importorskip("selenium", reason="selenium is in pyproject.toml: pip install -e .")
+    spec = importlib.util.spec_from_file_location("lab_settings", ROOT / "tools" / "lab_settings.py")
+    settings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settings)
+    assert settings.installed(), "saveState or the pre-save hook is not set: python tools/lab_settings.py (make env)"
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     (root / "figures").mkdir()
@@ -250,6 +258,18 @@ def _shot(d, lab, name: str) -> None:
     d.save_screenshot(str(path))
 
 
+def _unsaved_models(lab, chapter: Chapter) -> list[str]:
+    """Widget models the saved notebook's outputs show but its widget state (metadata) does not hold."""
+    nb = json.loads((lab["root"] / "notebooks" / chapter.notebook).read_text())
+    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    text = json.dumps(state)
+    shown = [
+        o["data"][VIEW]["model_id"] for c in nb["cells"] for o in c.get("outputs", []) if VIEW in o.get("data", {})
+    ]
+    wanted = set(shown) | set(re.findall(r"IPY_MODEL_([0-9a-f]{32})", text))
+    return sorted(wanted - set(state))
+
+
 def _static_picture(d, marker: str) -> None:
     """Before running: the widget's cell shows a picture (the widget from stored state, or its PNG)."""
     cell = _cell(d, marker)
@@ -375,13 +395,33 @@ def test_widgets_in_jupyterlab(lab, driver, started, chapter):
     d.execute_async_script(
         f"const done = arguments[arguments.length - 1]; {PANEL} p.sessionContext.shutdown().then(done, done);"
     )
-    _open(d, lab, chapter.notebook)
+    assert _unsaved_models(lab, chapter) == [], "outputs point at widget models the saved file does not hold"
+    raced = _open_until_shown(d, lab, chapter)
     _shot(d, lab, f"{chapter.notebook[:2]}_5_reopened_new_kernel")
-    problems = _problems(d)
-    if problems and chapter.kind == "slider":
-        # known and open (#18): in a fresh clone, a slider chapter saved after the slider moved and reopened
-        # after its kernel stopped shows "model not found" (seen for 02 and 05; the box chapter passes). Kept
-        # visible as an expected failure, not skipped; every check above still holds.
-        pytest.xfail(f"#18 open: slider chapter reopened after its kernel stopped: {problems[:2]}")
-    assert problems == [], "reopened after the kernel stopped (is saveState on? python tools/lab_settings.py)"
-    _static_picture(d, chapter.marker)
+    # saved again with its widgets from the file (JupyterLab writes none of them, ipywidgets#3270): the
+    # server's pre-save hook (reprolib.widget_state) keeps them, so the next open still shows them
+    d.execute_async_script(f"const done = arguments[arguments.length - 1]; {PANEL} p.context.save().then(done, done);")
+    assert _unsaved_models(lab, chapter) == [], "saving without the kernel dropped widget models"
+    raced += _open_until_shown(d, lab, chapter)
+    if raced:
+        pytest.xfail(f"upstream race when widgets come from the file (jupyterlab#15361): {raced[0]}")
+
+
+def _open_until_shown(d, lab, chapter: Chapter, tries: int = 3) -> list[str]:
+    """Open a notebook whose widgets come from its saved state; on "model not found", open it again.
+
+    JupyterLab 4 + ipywidgets 8 race (jupyterlab/jupyterlab#15361): the widget manager can declare itself
+    restored from the kernel before it has read the notebook's saved state, and a widget drawn meanwhile
+    shows "model not found" for good. The file holds every model (checked by the caller), so a later open
+    must show them all. Returns the problems of the opens that hit the race.
+    """
+    raced = []
+    for _ in range(tries):
+        _open(d, lab, chapter.notebook)
+        problems = _problems(d)
+        if not problems:
+            _static_picture(d, chapter.marker)
+            return raced
+        assert all("model not found" in p or p == "Error displaying widget" for p in problems), problems
+        raced.append(problems[0])
+    raise AssertionError(f"{tries} opens in a row show a widget error: {raced}")
