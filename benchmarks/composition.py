@@ -1,0 +1,60 @@
+"""Why stacked edits lose the bystander (#13): which object each edit keeps, and the deltas' size in text space.
+
+    python benchmarks/composition.py                                   # the shipped model, 8 seeds
+    python benchmarks/composition.py --model checkpoints_export_dir --seeds 12
+
+On "a red circle and a green square", edits on the circle only: the colour delta (red → blue) at α = 1, the
+size delta at α = 2, both stacked (the composition bar's edits). For each, the share of seeds whose picture
+still holds the circle (any colour) and the green square, by the ruler. Then the norms of the two deltas, of
+the stacked edit and of the circle's token they are added to.
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+import reprolib
+from reprolib.conditioning import TextConditioning
+from reprolib.contrastive import contrastive_delta
+from reprolib.edits import Edit
+from reprolib.evaluation.specificity import subject_pattern
+from reprolib.shapes import measure
+
+PROMPT = "a red circle and a green square"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--seeds", type=int, default=8)
+    a = p.parse_args()
+    pipe = reprolib.load_pipeline(a.model)
+    size, colour = contrastive_delta(pipe, "shapes/size"), contrastive_delta(pipe, "shapes/colour")
+    circle = subject_pattern("red", "circle")
+    cases = {
+        "no edit": [],
+        "colour +1": [Edit(colour, circle, 1.0)],
+        "size +2": [Edit(size, circle, 2.0)],
+        "size +2 & colour +1": [Edit(size, circle, 2.0), Edit(colour, circle, 1.0)],
+    }
+    print(f"{PROMPT!r}, edits on the circle, {a.seeds} seeds: share of pictures that hold each object")
+    print(f"{'edit':<22}{'circle (any colour)':>21}{'green square':>14}")
+    for name, edits in cases.items():
+        images = reprolib.generate(pipe, PROMPT, seed=list(range(a.seeds)), edits=edits)
+        found = [measure.measure(np.asarray(im)) for im in images]
+        has_circle = np.mean([any(f.shape == "circle" for f in objs) for objs in found])
+        has_square = np.mean([measure.find(objs, "green", "square") is not None for objs in found])
+        print(f"{name:<22}{has_circle:>21.2f}{has_square:>14.2f}")
+    s, c = size.vectors["clip"], colour.vectors["clip"]
+    with torch.no_grad():
+        states = TextConditioning(pipe).encode([PROMPT]).states["clip"]
+    token = states[0, 3]  # start token, "a", "red", "circle"
+    print(
+        f"norms in text space: colour Δ {c.norm():.2f}, size Δ {s.norm():.2f}, "
+        f"2·size + colour {(2 * s + c).norm():.2f}, the circle's token {token.norm():.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
