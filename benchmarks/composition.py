@@ -20,6 +20,7 @@ from reprolib.contrastive import contrastive_delta
 from reprolib.edits import Edit
 from reprolib.evaluation.specificity import subject_pattern
 from reprolib.shapes import measure
+from reprolib.tokens import token_span
 
 PROMPT = "a red circle and a green square"
 
@@ -48,8 +49,8 @@ def main() -> None:
         print(f"{name:<22}{has_circle:>21.2f}{has_square:>14.2f}")
     s, c = size.vectors["clip"], colour.vectors["clip"]
     with torch.no_grad():
-        states = TextConditioning(pipe).encode([PROMPT]).states["clip"]
-    token = states[0, 3]  # start token, "a", "red", "circle"
+        encoded = TextConditioning(pipe).encode([PROMPT])
+    token = encoded.states["clip"][0, token_span(encoded.tokens[0], circle)[0]]
     print(
         f"norms in text space: colour Δ {c.norm():.2f}, size Δ {s.norm():.2f}, "
         f"2·size + colour {(2 * s + c).norm():.2f}, the circle's token {token.norm():.2f}"

@@ -51,14 +51,20 @@ def _needed(roots: set[str], *states: dict) -> set[str]:
     return seen
 
 
+def missing_models(nb: dict, previous: dict | None = None) -> set[str]:
+    """Widget models ``nb`` needs but its state lacks: those its outputs show and those its models reference,
+    following references through ``previous``'s state too (a model taken from there brings its children)."""
+    state = _state(nb)
+    return _needed({v[VIEW]["model_id"] for v in _views(nb)} | set(state), state, _state(previous or {})) - set(state)
+
+
 def repair(nb: dict, previous: dict | None) -> dict[str, int]:
     """Mend ``nb`` in place (see the module docstring); returns how many models were kept and views dropped."""
     views = _views(nb)
     if not views:
         return {"kept": 0, "dropped": 0}
     state, old = _state(nb), _state(previous or {})
-    needed = _needed({v[VIEW]["model_id"] for v in views}, state, old)
-    kept = {mid: old[mid] for mid in needed - set(state) if mid in old}
+    kept = {mid: old[mid] for mid in missing_models(nb, previous) if mid in old}
     if kept:
         meta = nb.setdefault("metadata", {}).setdefault("widgets", {})
         block = meta.setdefault(STATE, {"version_major": 2, "version_minor": 0, "state": {}})

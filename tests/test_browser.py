@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from reprolib.widget_state import missing_models
+
 ROOT = Path(__file__).resolve().parents[1]
-VIEW = "application/vnd.jupyter.widget-view+json"
 ERRORS = ("Error displaying widget", "model not found", "Traceback (most recent call last)")
 
 
@@ -259,15 +259,8 @@ def _shot(d, lab, name: str) -> None:
 
 
 def _unsaved_models(lab, chapter: Chapter) -> list[str]:
-    """Widget models the saved notebook's outputs show but its widget state (metadata) does not hold."""
-    nb = json.loads((lab["root"] / "notebooks" / chapter.notebook).read_text())
-    state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    text = json.dumps(state)
-    shown = [
-        o["data"][VIEW]["model_id"] for c in nb["cells"] for o in c.get("outputs", []) if VIEW in o.get("data", {})
-    ]
-    wanted = set(shown) | set(re.findall(r"IPY_MODEL_([0-9a-f]{32})", text))
-    return sorted(wanted - set(state))
+    """Widget models the saved notebook's outputs show (or its models reference) but its widget state lacks."""
+    return sorted(missing_models(json.loads((lab["root"] / "notebooks" / chapter.notebook).read_text())))
 
 
 def _static_picture(d, marker: str) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from reprolib.widget_state import STATE, VIEW, keep_widget_state, repair
+from reprolib.widget_state import STATE, VIEW, keep_widget_state, missing_models, repair
 
 ROOT = Path(__file__).resolve().parents[1]
 A, B, LAYOUT, OTHER = "a" * 32, "b" * 32, "c" * 32, "d" * 32
@@ -92,3 +92,14 @@ def test_lab_settings_installs_the_setting_and_the_hook(tmp_path):
     config = json.loads(server.read_text())
     assert config["ContentsManager"]["pre_save_hook"] == "reprolib.widget_state.keep_widget_state"
     assert config["ServerApp"] == {"port": 9}
+
+
+def test_missing_models_follows_every_reference_in_the_state():
+    assert missing_models(_notebook(copy.deepcopy(SAVED))) == set()
+    assert missing_models(_notebook({})) == {A}
+    no_layout = {k: v for k, v in SAVED.items() if k != LAYOUT}
+    assert missing_models(_notebook(no_layout)) == {LAYOUT}
+    dangling = {**SAVED, OTHER: _model("LabelModel", layout="IPY_MODEL_" + "f" * 32)}  # shown nowhere, still checked
+    assert missing_models(_notebook(dangling)) == {"f" * 32}
+    # through the replaced file: the shown model's children come with it
+    assert missing_models(_notebook({}), _notebook(SAVED)) == {A, B, LAYOUT}
