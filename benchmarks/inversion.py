@@ -3,7 +3,9 @@
     python benchmarks/inversion.py                          # 32 scenes, every method; 16 edited scenes
     python benchmarks/inversion.py --scenes 8 --edits 4     # a quick look
     python benchmarks/inversion.py --json figures/inversion.json
+    python benchmarks/inversion.py --model runs/shapes_v3g_export --scenes 0   # a candidate model's edits
     python benchmarks/inversion.py --scenes 0 --edit-iterations 0 --delays 0.1 0.2   # the edit delay, chosen
+    python benchmarks/inversion.py --scenes 0 --edit-iterations 0 --blend off 0.3 0.5 0.7   # local blend, chosen
 
 Reconstruction (each method side by side): the ruler finds the same objects (colour and shape), mean mask
 IoU with the original, PSNR; the VAE alone (encode, decode) is the ceiling. Edits (exact inversion, with and
@@ -39,9 +41,9 @@ def reconstruction_table(pipe, scenes, methods) -> dict:
     return rows
 
 
-def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY) -> dict:
+def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None) -> dict:
     size = contrastive_delta(pipe, "shapes/size")
-    curves = [probe.edit_curve(pipe, s, size, iterations=iterations, delay=delay) for s in scenes]
+    curves = [probe.edit_curve(pipe, s, size, iterations=iterations, delay=delay, local_blend=blend) for s in scenes]
     plain = sum(c.seconds["plain"] for c in curves)
     inversion = sum(c.seconds["inversion"] for c in curves) / plain
     frame = sum(c.seconds["frame"] for c in curves) / plain
@@ -51,11 +53,14 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY) -
     intact = np.array([c.intact_share for c in curves])
     print(
         f"size edits on {len(scenes)} inverted two-object scenes (exact inversion, {iterations} fixed-point "
-        f"iterations; delay {delay}), α ∈ {list(probe.ALPHAS)}"
+        f"iterations; delay {delay}; local blend {blend}), α ∈ {list(probe.ALPHAS)}"
     )
     share = np.mean(rhos >= 0.95)
     print(f"  ρ(α, area) per curve: min {rhos.min():.3f}  mean {rhos.mean():.3f}  (share ≥ 0.95: {share:.2f})")
-    print(f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {leaks.mean():.3f}")
+    print(
+        f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {leaks.mean():.3f}  "
+        f"(share ≤ 0.15: {np.mean(leaks <= 0.15):.2f})"
+    )
     print(f"  frames intact (subject one object, other present): {intact.mean():.2f}  (worst curve {intact.min():.2f})")
     print(f"  mean |Δ pixel| away from the edited object (worst α): mean {outside.mean():.2f}  max {outside.max():.2f}")
     print(f"  time ÷ one plain generation (each timed beside it): inversion {inversion:.2f}, edited frame {frame:.2f}")
@@ -71,27 +76,40 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY) -
     }
 
 
+def _blend(text: str):
+    return {"off": False, "on": True}.get(text) if text in ("off", "on") else float(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="shapes", help="shapes, or a shapes-world pipeline folder")
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--edits", type=int, default=16, help="two-object scenes to edit (0: none)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--edit-iterations", nargs="+", type=int, default=[0, 4], help="exact inversion's, side by side")
     p.add_argument("--delays", nargs="+", type=float, default=[probe.EDIT_DELAY], help="edit delays, side by side")
+    p.add_argument(
+        "--blend",
+        nargs="+",
+        type=_blend,
+        default=[None],
+        help="local blend settings, side by side: off, on (the default threshold) or a threshold",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    pipe = reprolib.load_pipeline("shapes")
+    pipe = reprolib.load_pipeline(a.model)
     scenes = probe.held_out_scenes(a.scenes)
     out = {"reconstruction": reconstruction_table(pipe, scenes, a.methods)} if a.scenes else {}
     if a.edits:
         edit_scenes = probe.held_out_scenes(a.edits, seed=4_711, n_objects=2)
         out["edits"] = {
-            f"iterations={k} delay={d}": edit_table(pipe, edit_scenes, k, d)
+            f"iterations={k} delay={d}" + ("" if b is None else f" blend={b}"): edit_table(pipe, edit_scenes, k, d, b)
             for k in a.edit_iterations
             for d in a.delays
+            for b in a.blend
         }
     if a.json:
         with open(a.json, "w") as fh:

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from . import checks
+from .blend import THRESHOLD, LocalBlend
 from .checks import NonFiniteError
 from .conditioning import Embeddings, TextConditioning
 from .edits import Edit, apply_edits
 from .layout import LayoutConfig, LayoutGuidance
 from .protocols import StartingPoint, StepHook
+from .tokens import token_span
 
 DELAY = 0.2  # fraction of the steps before edits apply (Baumann et al.'s notebook)
 SD_DEFAULTS = {"steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's pipelines
@@ -173,6 +175,29 @@ def _guided_step(
     return x
 
 
+def _local_blend(
+    local_blend: bool | float | None, cond, plain: Embeddings, edits, inversion, first_edited: int, height, width
+) -> LocalBlend | None:
+    """The blend hook for edits of an inverted picture: on by default there (chosen by measurement:
+    ``benchmarks/inversion.py --blend``), never without an inversion's path to keep. A number is the
+    mask's threshold (a fraction of the summed map's maximum)."""
+    path = getattr(inversion, "path", None)
+    if local_blend is None:
+        local_blend = path is not None
+    if local_blend is False:
+        return None
+    threshold = THRESHOLD if local_blend is True else checks.number(local_blend, "local_blend", low=0.01, high=0.99)
+    if path is None:
+        raise checks.InputError(
+            f"local_blend={local_blend!r} keeps an inverted picture outside the edit, and there is none: pass "
+            "inversion=reprolib.invert(...), or leave local_blend out"
+        )
+    if not edits:
+        return None  # nothing is edited: the picture comes back as it was
+    positions = [sorted({p for _, pattern, _ in edits for p in token_span(toks, pattern)}) for toks in plain.tokens]
+    return LocalBlend(cond.pipe.unet, positions, path, first_edited, threshold=threshold, aspect=height / width)
+
+
 def _inversion_defaults(pipe, inversion: StartingPoint, steps, negative_prompt, height, width):
     """(steps, guidance scale, negative prompt, height, width) defaults from an inversion, checked against ``pipe``."""
     inversion.check(TextConditioning(pipe), steps)
@@ -201,6 +226,7 @@ def generate(
     until: int | None = None,
     resume: Partial | None = None,
     inversion: StartingPoint | None = None,
+    local_blend: bool | float | None = None,
 ):
     r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
@@ -216,7 +242,9 @@ def generate(
 
     ``inversion``: a :class:`reprolib.inversion.Inversion` (any :class:`~reprolib.protocols.StartingPoint`)
     to start from instead of noise; its steps, guidance scale, negative prompt and size are the defaults,
-    and with no edits or boxes the picture it was made from comes back.
+    and with no edits or boxes the picture it was made from comes back. ``local_blend`` (default: on for
+    edits of an inversion; a number sets its threshold) keeps the picture's own latents outside the
+    edited words' attention (:class:`reprolib.blend.LocalBlend`).
     """
     d_steps, d_cfg = defaults(pipe)
     if inversion is not None:
@@ -255,6 +283,9 @@ def generate(
     sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume, inversion)
     stop = steps if until is None else until
     first_edited = first_edited_step(steps, delay)
+    blend = _local_blend(local_blend, cond, plain, edits, inversion, first_edited, height, width)
+    if blend is not None:
+        hooks.append(blend)
     # inference mode skips autograd's bookkeeping (~10% faster on the shapes world); hooks such as
     # layout guidance take gradients through the latents, so with hooks plain no_grad is used
     no_grad = torch.no_grad if hooks else torch.inference_mode
@@ -273,6 +304,8 @@ def generate(
                 x = _guided_step(cond, sched, x, t, uncond, c, guidance_scale, height, width)
             if inversion is not None and inversion.residuals:
                 x = x + inversion.residuals[i]  # what this step missed of the inverted picture's path
+            if blend is not None:
+                x = blend.after_step(i, x)
     x = x.clone()  # outside inference mode: a normal tensor, usable with autograd
     if until is not None:
         return Partial(step=steps, steps=steps, latents=x, scheduler=copy.deepcopy(sched))

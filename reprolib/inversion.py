@@ -55,6 +55,7 @@ class Inversion:
     scheduler_config: dict = field(repr=False)
     model: dict = field(repr=False)  # TextConditioning.fingerprint() of the pipeline that made it
     residuals: list[torch.Tensor] | None = field(default=None, repr=False)  # per sampling step ("exact")
+    path: list[torch.Tensor] | None = field(default=None, repr=False)  # before each step, then the picture's
     error: float | None = None
 
     def scheduler(self) -> DDIMScheduler:
@@ -200,20 +201,22 @@ def fixed_point(model: _Guided, x_prev: torch.Tensor, t, a_t, a_prev, iterations
 
 
 def run_inversion(model: _Guided, sched, x0: torch.Tensor, method: str, iterations: int):
-    """Walk the timesteps backwards from ``x0`` to x_T: (x_T, the residual of each step in sampling order).
+    """Walk the timesteps backwards from ``x0`` to x_T: (x_T, the residual of each step in sampling order,
+    the path: the latents before each sampling step and ``x0`` last).
 
     A residual is what one sampling step from the found x_t misses of x_{t-1}; ``generate`` adds it back
     after that step when the method keeps residuals, so the unedited picture returns exactly.
     """
     x, dtype = x0.float(), x0.dtype
-    residuals = []
+    residuals, path = [], [x0]
     for t in reversed(sched.timesteps):
         a_t, a_prev = (a.to(x.device) for a in _alphas(sched, t))
         z = fixed_point(model, x, t, a_t, a_prev, iterations if method != "ddim" else 0).to(dtype)
         if method == "exact":  # the step exactly as generate will take it (scheduler, dtype and all)
             residuals.append(x.to(dtype) - sched.step(model(z, t), t, z, return_dict=False)[0])
         x = z.float()
-    return x.to(dtype), residuals[::-1] or None
+        path.append(z)
+    return x.to(dtype), residuals[::-1] or None, path[::-1]
 
 
 def invert(
@@ -258,10 +261,10 @@ def invert(
     c, u = cond.encode([prompt]), cond.encode_negative(negative_prompt, 1)
     model = _Guided(cond, sched, c, u, guidance_scale, (height, width))
     with torch.no_grad():
-        x_T, residuals = run_inversion(model, sched, x0, method, iterations)
+        x_T, residuals, path = run_inversion(model, sched, x0, method, iterations)
     inv = Inversion(
         x_T, picture, prompt, negative_prompt, steps, guidance_scale, height, width, method,
-        dict(sched.config), cond.fingerprint(), residuals=residuals,
+        dict(sched.config), cond.fingerprint(), residuals=residuals, path=path,
     )  # fmt: skip
     if verify:
         inv = replace(inv, error=reconstruction_error(pipe, inv, x0))

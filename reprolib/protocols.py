@@ -58,6 +58,7 @@ class StartingPoint(Protocol):
     height: int
     width: int
     residuals: list[torch.Tensor] | None  # added to the latents after each step, when given
+    path: list[torch.Tensor] | None  # the unedited latents before each step, then the final ones (local blend)
 
     def scheduler(self) -> object:
         """A fresh scheduler, its timesteps set for ``steps``."""

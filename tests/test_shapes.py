@@ -216,3 +216,40 @@ def test_masking_changes_the_loss_only_through_padding():
         c = unet(x, t, encoder_hidden_states=other).sample
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_decoder_fine_tune_keeps_the_latents(tmp_path):
+    """--decoder-steps trains the decoder alone from a run (no UNet steps): the encoder, the UNet and the
+    scaling factor stay as they were, the decoder moves, a resumed run equals an uninterrupted one, and
+    export ships the new decoder."""
+    from safetensors.torch import load_file
+
+    from reprolib.shapes import train
+
+    base = ["--scenes", "64", "--batch", "4"]
+    train.main(["--out", str(tmp_path / "v1"), "--vae-steps", "2", "--unet-steps", "2"] + base)
+    ft = base + ["--init-from", str(tmp_path / "v1"), "--unet-steps", "0"]
+    train.main(["--out", str(tmp_path / "a")] + ft + ["--decoder-steps", "3"])
+    train.main(["--out", str(tmp_path / "b")] + ft + ["--decoder-steps", "2"])
+    train.main(["--out", str(tmp_path / "b")] + ft + ["--decoder-steps", "3"])
+    a, b = torch.load(tmp_path / "a" / "decoder.pt"), torch.load(tmp_path / "b" / "decoder.pt")
+    assert a["step"] == b["step"] == 3 and set(a["model"]) == set(b["model"])
+    assert all(k.startswith(("decoder.", "post_quant_conv.")) for k in a["model"])
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k])
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["decoder_steps"] == 3
+
+    train.main(["--out", str(tmp_path / "v1"), "--export", str(tmp_path / "old")])
+    train.main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "new")])
+    old = load_file(tmp_path / "old" / "vae" / "diffusion_pytorch_model.safetensors")
+    new = load_file(tmp_path / "new" / "vae" / "diffusion_pytorch_model.safetensors")
+    moved = [k for k in old if not torch.equal(old[k], new[k])]
+    assert moved and all(k.startswith(("decoder.", "post_quant_conv.")) for k in moved)
+    for k in a["model"]:
+        torch.testing.assert_close(new[k], a["model"][k])
+    for part in ("unet", "text_encoder"):
+        name = "diffusion_pytorch_model" if part == "unet" else "model"
+        x, y = (load_file(tmp_path / d / part / f"{name}.safetensors") for d in ("old", "new"))
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    cfg = [json.loads((tmp_path / d / "vae" / "config.json").read_text()) for d in ("old", "new")]
+    assert cfg[0]["scaling_factor"] == cfg[1]["scaling_factor"]

@@ -3,8 +3,42 @@
 from __future__ import annotations
 
 import json
+import re
 
 from ..pipelines import SHAPES_DIR
+
+
+def _training(train: dict) -> list[str]:
+    """The card's training lines: the commands in order, what they trained, and how the folder was exported."""
+    found = re.search(r"--out (\S+)", train["command"])
+    run = found[1] if found else "runs/shapes"
+    export = f"- export: `python -m reprolib.shapes.train --out {run} --export reprolib/shapes/weights`"
+    steps = f"(batch {train['batch']}, seed {train['seed']}, {train['scenes']} scenes); EMA weights shipped"
+    if not train.get("init_from"):
+        commands = train.get("commands", [])
+        return [
+            *(
+                ["- commands (the run was resumed; in order):", *[f"  - `{c}`" for c in commands]]
+                if len(commands) > 1
+                else [f"- command: `{train['command']}`"]
+            ),
+            f"- VAE steps: {train['vae_steps']}, UNet + text-encoder steps done: {train['unet_steps_done']} {steps}",
+            f"- final smoothed training loss: {train['final_loss']:.4f}" if train.get("final_loss") else "",
+            export,
+        ]
+    lines = [
+        f"- the starting point ({train['init_from']}, UNet + text encoder at step {train['init_step']}), trained by:",
+        *[f"  - `{c}`" for c in train.get("init_commands", [])],
+        "- then, from it:",
+        *[f"  - `{c}`" for c in train["commands"]],
+        f"- UNet + text-encoder steps in this run: {train['unet_steps_done']} {steps}",
+    ]
+    if train.get("decoder_steps"):
+        lines.append(
+            f"- the VAE's decoder trained on {train['decoder_steps']} steps with its encoder frozen "
+            "(`finetune_decoder`): the latents, and so the UNet, are unchanged"
+        )
+    return [*lines, export]
 
 
 def write_card(out: dict, args) -> str:
@@ -20,15 +54,7 @@ def write_card(out: dict, args) -> str:
         "",
         "## Training",
         "",
-        *(
-            ["- commands (the run was resumed; in order):", *[f"  - `{c}`" for c in train["commands"]]]
-            if len(train.get("commands", [])) > 1
-            else [f"- command: `{train['command']}`"]
-        ),
-        f"- VAE steps: {train['vae_steps']}, UNet + text-encoder steps done: {train['unet_steps_done']} "
-        f"(batch {train['batch']}, seed {train['seed']}, {train['scenes']} scenes); EMA weights shipped",
-        f"- final smoothed training loss: {train['final_loss']:.4f}" if train.get("final_loss") else "",
-        "- export: `python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights`",
+        *_training(train),
         "",
         "## Measured (`python -m "
         + "reprolib.evaluation "

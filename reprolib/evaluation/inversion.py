@@ -152,7 +152,13 @@ def dilate(mask: np.ndarray, r: int = 2) -> np.ndarray:
 
 
 def edit_curve(
-    pipe, scene: world.Scene, delta: Delta, alphas=ALPHAS, delay: float = EDIT_DELAY, **invert_kwargs
+    pipe,
+    scene: world.Scene,
+    delta: Delta,
+    alphas=ALPHAS,
+    delay: float = EDIT_DELAY,
+    local_blend: bool | float | None = None,
+    **invert_kwargs,
 ) -> EditCurve:
     """Invert a two-object scene, then grow its first object with ``delta`` over ``alphas``.
 
@@ -164,7 +170,10 @@ def edit_curve(
     inv = invert(pipe, world.render(scene), scene.caption, verify=False, **invert_kwargs)
     t1 = time.perf_counter()
     word = subject_pattern(subject.colour, subject.shape)
-    edit = [generate(pipe, scene.caption, inversion=inv, edits=[Edit(delta, word, a)], delay=delay) for a in alphas]
+    edit = [
+        generate(pipe, scene.caption, inversion=inv, edits=[Edit(delta, word, a)], delay=delay, local_blend=local_blend)
+        for a in alphas
+    ]
     t2 = time.perf_counter()
     generate(pipe, scene.caption, seed=0)
     seconds = {"inversion": t1 - t0, "frame": (t2 - t1) / len(alphas), "plain": time.perf_counter() - t2}

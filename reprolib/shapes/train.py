@@ -70,6 +70,12 @@ def data(out: Path, n_scenes: int, seed: int, mix: str = "v1") -> tuple[torch.Te
     return images, captions
 
 
+def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # objects are a small part of each image: weight their pixels up so edges stay sharp
+    w = 1 + 4 * _foreground(x)
+    return (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+
+
 def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int = 32, lr: float = 1e-3):
     ckpt = out / "vae.pt"
     torch.manual_seed(seed)  # initial weights
@@ -90,15 +96,55 @@ def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int
         x = images[idx].float() / 127.5 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=g)).sample
-        # objects are a small part of each image: weight their pixels up so edges stay sharp
-        w = 1 + 4 * _foreground(x)
-        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() + 1e-6 * post.kl().mean()
+        loss = _reconstruction_loss(rec, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 100 == 0 or step + 1 == steps:
             _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+    return vae
+
+
+DECODER = ("decoder.", "post_quant_conv.")
+
+
+def finetune_decoder(out: Path, vae, images: torch.Tensor, steps: int, seed: int, batch: int = 32, lr: float = 2e-4):
+    """Train the VAE's decoder on, with the encoder frozen, as Stability did for SD's ft-MSE VAE.
+
+    The encoder is untouched, so every latent (and the UNet that learned them, and any inversion) stays
+    valid; only the pictures drawn from latents get sharper. Half the batches decode the posterior's
+    mean (what inversion encodes), half a sample from it (what the UNet learned to generate).
+    """
+    ckpt = out / "decoder.pt"
+    for name, param in vae.named_parameters():
+        param.requires_grad_(name.startswith(DECODER))
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start = 0
+    if ckpt.exists():
+        c = torch.load(ckpt)
+        vae.load_state_dict({**vae.state_dict(), **c["model"]}), opt.load_state_dict(c["opt"])
+        start = c["step"]
+    if start >= steps:
+        return vae
+    vae.train()
+    bar = tqdm(range(start, steps), desc="decoder", initial=start, total=steps)
+    for step in bar:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 900_000 + step)
+        idx = torch.randint(0, len(images), (batch,), generator=g)
+        x = images[idx].float() / 127.5 - 1
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+        z = post.mean if step % 2 else post.sample(generator=g)
+        loss = _reconstruction_loss(vae.decode(z).sample, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            decoder = {k: v for k, v in vae.state_dict().items() if k.startswith(DECODER)}
+            _save_atomic({"model": decoder, "opt": opt.state_dict(), "step": step + 1}, ckpt)
     return vae
 
 
@@ -183,6 +229,9 @@ def train_unet(
         c = torch.load(ckpt)
         unet.load_state_dict(c["unet"]), text.load_state_dict(c["text"]), opt.load_state_dict(c["opt"])
         ema, start, history = c["ema"], c["step"], c["history"]
+    elif steps == 0:  # nothing to train (e.g. a decoder-only fine-tune): keep the starting weights as they are
+        state = {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict()}
+        _save_atomic({**state, "ema": ema, "step": 0, "history": []}, ckpt)
     if start >= steps:
         return unet, text, ema, history
     sched = training_scheduler()
@@ -249,6 +298,8 @@ def export(out: Path, dest: Path) -> Path:
     vae = build_vae()
     vae.load_state_dict(torch.load(out / "vae.pt")["model"])
     vae.register_to_config(scaling_factor=torch.load(out / "latents.pt")["scaling_factor"])
+    if (out / "decoder.pt").exists():  # a fine-tuned decoder (finetune_decoder)
+        vae.load_state_dict({**vae.state_dict(), **torch.load(out / "decoder.pt")["model"]})
     c = torch.load(out / "unet.pt")
     unet, text = build_unet(), build_text_encoder(tokenizer)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
@@ -320,6 +371,13 @@ def parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of captions whose colour and size words are hidden from cross-attention (0 = off)",
     )
+    p.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=0,
+        help="then fine-tune the VAE's decoder alone this many steps, encoder frozen, so the latents and the "
+        "UNet stay valid (finetune_decoder; 0 = off, the v1 recipe)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
     return p
@@ -353,6 +411,8 @@ def _record(a, argv) -> dict:
         run["grounding"] = a.grounding
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
+    if a.decoder_steps:
+        run["decoder_steps"] = a.decoder_steps
     return run
 
 
@@ -361,7 +421,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     for flag in ("scenes", "batch"):
         checks.integer(getattr(a, flag), f"--{flag}", minimum=1)
-    for flag in ("vae_steps", "unet_steps", "warmup"):
+    for flag in ("vae_steps", "unet_steps", "warmup", "decoder_steps"):
         checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=0)
     for flag in ("lr", "lr_final", "grounding"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
@@ -430,6 +490,8 @@ def main(argv=None) -> None:
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
+    if a.decoder_steps:
+        finetune_decoder(a.out, vae, images, a.decoder_steps, a.seed)
 
 
 if __name__ == "__main__":
