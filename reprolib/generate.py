@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,16 +71,24 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
     return lat.to(pipe.unet.device, pipe.unet.dtype) * pipe.scheduler.init_noise_sigma
 
 
+@contextmanager
+def vae_precision(vae):
+    """The VAE in fp32 for the block when it is fp16 and asks to be upcast (SDXL's overflows in fp16)."""
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield vae
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
     """Latents → images (``output_type`` as diffusers': "pil", "np" or "pt")."""
-    vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if upcast:
-        vae.to(torch.float32)  # SDXL's VAE overflows in fp16
-    image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    if upcast:
-        vae.to(torch.float16)
+    with vae_precision(pipe.vae) as vae:
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     return pipe.image_processor.postprocess(image.float(), output_type=output_type)
 
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import checks
 from .conditioning import Embeddings, TextConditioning
-from .generate import defaults, generate
+from .generate import defaults, generate, vae_precision
 
 METHODS = ("exact", "fixed-point", "ddim")
 LARGE_ERROR = 0.25  # relative latent error above which a reconstruction is visibly off
@@ -139,14 +139,9 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
 @torch.no_grad()
 def encode_image(pipe, image: Image.Image) -> torch.Tensor:
     """The VAE's latent mean of an RGB picture, scaled as the UNet expects."""
-    vae = pipe.vae
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if upcast:
-        vae.to(torch.float32)  # SDXL's VAE overflows in fp16
-    lat = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-    if upcast:
-        vae.to(torch.float16)
+    with vae_precision(pipe.vae) as vae:
+        lat = vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
     return lat.to(pipe.unet.dtype)
 
 
