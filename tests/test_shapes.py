@@ -253,3 +253,5 @@ def test_decoder_fine_tune_keeps_the_latents(tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x)
     cfg = [json.loads((tmp_path / d / "vae" / "config.json").read_text()) for d in ("old", "new")]
     assert cfg[0]["scaling_factor"] == cfg[1]["scaling_factor"]
+    train.main(["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a"), "--unet-steps", "0"] + base)
+    assert (tmp_path / "c" / "decoder.pt").read_bytes() == (tmp_path / "a" / "decoder.pt").read_bytes()  # travels

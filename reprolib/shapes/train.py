@@ -455,8 +455,9 @@ def main(argv=None) -> None:
         )
         if not (tok_dir / "vocab.json").exists():  # the text encoder's vocabulary comes with it
             shutil.copytree(init / "tokenizer", tok_dir, dirs_exist_ok=True)
-        if not (a.out / "vae.pt").exists():  # the same frozen VAE: its latents are what the UNet knows
-            shutil.copyfile(init / "vae.pt", a.out / "vae.pt")
+        for part in ("vae.pt", "decoder.pt"):  # the same frozen VAE (its latents are what the UNet knows)
+            if not (a.out / part).exists() and (init / part).exists():  # and its fine-tuned decoder, if any
+                shutil.copyfile(init / part, a.out / part)
     (a.out / "run.json").write_text(json.dumps(run, indent=1))
     # a resumed run keeps the tokenizer its text encoder was trained with
     tokenizer = load_tokenizer(tok_dir if (tok_dir / "vocab.json").exists() else save_tokenizer(tok_dir))
