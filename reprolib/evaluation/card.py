@@ -31,7 +31,7 @@ def _training(train: dict) -> list[str]:
         *[f"  - `{c}`" for c in train.get("init_commands", [])],
         "- then, from it:",
         *[f"  - `{c}`" for c in train["commands"]],
-        f"- UNet + text-encoder steps in this run: {train['unet_steps_done']} {steps}",
+        f"- UNet + text-encoder steps in this run: {train['unet_steps_this_run']} {steps}",
     ]
     if train.get("decoder_steps"):
         lines.append(

@@ -306,7 +306,10 @@ def export(out: Path, dest: Path) -> Path:
     pipe = assemble(vae, unet, text, tokenizer)
     pipe.save_pretrained(dest, safe_serialization=True)
     meta = json.loads((out / "run.json").read_text())
-    meta.update(unet_steps_done=c["step"], final_loss=c["history"][-1]["loss"] if c["history"] else None)
+    # steps in total, the starting point's included (a fine-tune's own are unet_steps_this_run)
+    done = c["step"] + meta.get("init_step", 0)
+    final = c["history"][-1]["loss"] if c["history"] else None
+    meta.update(unet_steps_done=done, unet_steps_this_run=c["step"], final_loss=final)
     (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
     # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask)
     sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
