@@ -30,7 +30,7 @@ class LocalBlend:
 
     ``positions``: per prompt of the batch, the token positions the edits touch. ``path``: the unedited
     latents before each sampling step, and the final ones (``steps + 1`` tensors). ``first_edited``: the
-    first step whose prompt is edited.
+    first step whose prompt is edited. ``aspect``: the picture's height ÷ width (the maps' shape).
     """
 
     def __init__(

@@ -39,8 +39,9 @@ class Inversion:
     """Noise that the DDIM sampler turns back into ``image`` for ``prompt``; pass it to ``generate``.
 
     ``latents`` is x_T in DDIM's variance-preserving space; ``residuals`` (method "exact") are added back
-    after each sampling step; ``error`` is the relative RMS error of the latents that unedited sampling
-    from it reproduces (``None`` when not checked).
+    after each sampling step; ``path`` holds the latents before each step and the picture's own last (local
+    blend keeps it outside an edit, :mod:`reprolib.blend`); ``error`` is the relative RMS error of the latents
+    that unedited sampling from it reproduces (``None`` when not checked).
     """
 
     latents: torch.Tensor
