@@ -77,7 +77,7 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
 
 
 def _blend(text: str):
-    return {"off": False, "on": True}.get(text) if text in ("off", "on") else float(text)
+    return {"off": False, "on": True}[text] if text in ("off", "on") else float(text)
 
 
 def main() -> None:

@@ -76,16 +76,21 @@ def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
 
 
+def _resume(ckpt: Path, load_model, opt) -> int:
+    """The step a stage's checkpoint stopped at (0: none yet), with its weights and optimizer state restored."""
+    if not ckpt.exists():
+        return 0
+    c = torch.load(ckpt)
+    load_model(c["model"]), opt.load_state_dict(c["opt"])
+    return c["step"]
+
+
 def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int = 32, lr: float = 1e-3):
     ckpt = out / "vae.pt"
     torch.manual_seed(seed)  # initial weights
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    start = 0
-    if ckpt.exists():
-        c = torch.load(ckpt)
-        vae.load_state_dict(c["model"]), opt.load_state_dict(c["opt"])
-        start = c["step"]
+    start = _resume(ckpt, vae.load_state_dict, opt)
     if start >= steps:
         return vae
     vae.train()
@@ -109,6 +114,11 @@ def train_vae(out: Path, images: torch.Tensor, steps: int, seed: int, batch: int
 DECODER = ("decoder.", "post_quant_conv.")
 
 
+def _load_decoder(vae, decoder: dict) -> None:
+    """Put a fine-tuned decoder's weights (``finetune_decoder``'s checkpoint) into ``vae``; the encoder stays."""
+    vae.load_state_dict({**vae.state_dict(), **decoder})
+
+
 def finetune_decoder(out: Path, vae, images: torch.Tensor, steps: int, seed: int, batch: int = 32, lr: float = 2e-4):
     """Train the VAE's decoder on, with the encoder frozen, as Stability did for SD's ft-MSE VAE.
 
@@ -121,11 +131,7 @@ def finetune_decoder(out: Path, vae, images: torch.Tensor, steps: int, seed: int
         param.requires_grad_(name.startswith(DECODER))
     params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    start = 0
-    if ckpt.exists():
-        c = torch.load(ckpt)
-        vae.load_state_dict({**vae.state_dict(), **c["model"]}), opt.load_state_dict(c["opt"])
-        start = c["step"]
+    start = _resume(ckpt, lambda decoder: _load_decoder(vae, decoder), opt)
     if start >= steps:
         return vae
     vae.train()
@@ -299,7 +305,7 @@ def export(out: Path, dest: Path) -> Path:
     vae.load_state_dict(torch.load(out / "vae.pt")["model"])
     vae.register_to_config(scaling_factor=torch.load(out / "latents.pt")["scaling_factor"])
     if (out / "decoder.pt").exists():  # a fine-tuned decoder (finetune_decoder)
-        vae.load_state_dict({**vae.state_dict(), **torch.load(out / "decoder.pt")["model"]})
+        _load_decoder(vae, torch.load(out / "decoder.pt")["model"])
     c = torch.load(out / "unet.pt")
     unet, text = build_unet(), build_text_encoder(tokenizer)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
