@@ -257,3 +257,11 @@ def test_decoder_fine_tune_keeps_the_latents(tmp_path):
     assert cfg[0]["scaling_factor"] == cfg[1]["scaling_factor"]
     train.main(["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a"), "--unet-steps", "0"] + base)
     assert (tmp_path / "c" / "decoder.pt").read_bytes() == (tmp_path / "a" / "decoder.pt").read_bytes()  # travels
+
+
+def test_a_negative_decoder_step_count_is_named(tmp_path):
+    from reprolib.checks import InputError
+    from reprolib.shapes import train
+
+    with pytest.raises(InputError, match="--decoder-steps"):
+        train.main(["--out", str(tmp_path / "bad"), "--decoder-steps", "-1"])
