@@ -1,7 +1,8 @@
-"""Training levers of the shapes world v3 candidate (#13): the grounding loss and attribute dropout."""
+"""Training levers of the shapes world (#13): the grounding loss, attribute dropout and token swap."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,16 +97,69 @@ def test_attribute_dropout_hides_only_colour_and_size_words(tokenizer):
 def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
-    levers = ["--grounding", "0.5", "--attribute-dropout", "0.5"]
+    levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
     train.main(["--out", str(tmp_path / "lev"), "--unet-steps", "2"] + base + levers)
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
-    assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5
+    assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
         train.main(["--out", str(tmp_path / "bad"), "--attribute-dropout", "1.5"] + base)
+    with pytest.raises(InputError, match="--token-swap"):
+        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "-0.1"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
+
+
+def _words_of(tokenizer, row):
+    return [t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(row.tolist())]
+
+
+def test_token_swap_changes_one_object_in_picture_and_caption_alike(tokenizer):
+    scenes = world.scenes(80, seed=5, p_empty=0.1, **world.MIXES["v2"])
+    ids = _ids(tokenizer, [s.caption for s in scenes])
+    pos, masks = grounding.noun_targets(scenes, ids, tokenizer)
+    sw = grounding.swap_tokens(scenes, ids, pos, tokenizer, 0.5, np.random.default_rng(0))
+    assert 20 < len(sw.rows) < 60 and all(scenes[int(r)].caption for r in sw.rows)
+    resized = 0
+    for r, row, image, m, noun in zip(sw.rows, sw.ids, sw.images, sw.masks, sw.noun.tolist()):
+        scene, before, after = scenes[int(r)], _words_of(tokenizer, ids[r]), _words_of(tokenizer, row)
+        changed = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
+        assert after[noun] == before[noun] and after[noun] in world.SHAPES  # the noun itself stays
+        assert noun - 1 in changed and set(changed) <= {noun - 1, noun - 2}  # its colour, maybe its size word
+        k = [int(p) for p in pos[r]].index(int(noun))
+        objs = list(scene.objects)
+        new_colour = after[noun - 1]
+        assert new_colour not in {o.colour for o in objs}  # colours stay distinct within a scene
+        old = objs[k]
+        objs[k] = world.Obj(old.shape, new_colour, old.size, old.cx, old.cy)
+        pixels = ((image.permute(1, 2, 0) + 1) * 127.5).round().numpy()
+        if noun - 2 in changed:  # the size word flipped, and the object's drawn area moved into the new bin
+            resized += 1
+            lo, hi = grounding.SIZE_BINS[after[noun - 2]]
+            area = (np.abs(pixels - world.PALETTE[new_colour]).sum(-1) < 60).sum()
+            assert lo - 0.5 <= (area / world.AREA_FACTOR[old.shape]) ** 0.5 <= hi + 0.5
+            # away from it, the picture is the scene's other objects, unchanged
+            x0, y0 = max(0, int(old.cx) - 16), max(0, int(old.cy) - 16)
+            others = world.render(tuple(o for i, o in enumerate(objs) if i != k)).astype(float)
+            away = np.ones((world.RES, world.RES), bool)
+            away[y0 : int(old.cy) + 16, x0 : int(old.cx) + 16] = False
+            assert np.abs(pixels - others)[away].max() <= 1
+            continue
+        assert np.abs(pixels - world.render(tuple(objs))).max() <= 1
+        for j, o in enumerate(objs):
+            assert float(m[j].float().sum()) == pytest.approx(world.coverage(o).sum() / 16, rel=0.02)
+    assert resized > 0
+    assert grounding.swap_tokens(scenes, ids, pos, tokenizer, 0.0, np.random.default_rng(0)) is None
+
+
+def test_swap_states_replaces_only_the_swapped_noun_tokens():
+    states, other = torch.randn(4, 9, 8), torch.randn(2, 9, 8)
+    sw = grounding.Swapped(torch.tensor([1, 3]), None, None, None, torch.tensor([2, 5]))
+    out = grounding.swap_states(states, other, sw)
+    assert torch.equal(out[1, 2], other[0, 2]) and torch.equal(out[3, 5], other[1, 5])
+    out[1, 2], out[3, 5] = states[1, 2], states[3, 5]
+    assert torch.equal(out, states)

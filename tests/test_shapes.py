@@ -26,7 +26,7 @@ def test_scene_rules():
             assert 0 <= x0 and x1 <= world.RES and 0 <= y0 and y1 <= world.RES
         for i, o in enumerate(s.objects):  # no overlap
             for p in s.objects[i + 1 :]:
-                assert not world._overlaps(o, p, margin=0)
+                assert not world.overlaps(o, p, margin=0)
 
 
 def test_captions_carry_size_words_and_parse_back():

@@ -7,13 +7,20 @@
 * **Attribute dropout**: for a share of the captions, the colour and size words are hidden from the
   UNet's cross-attention (the causal text encoder still reads them), so the UNet learns to draw an
   object from its noun token alone, the token an attribute delta edits.
+* **Token swap**: for a share of the captions, one object's colour (and its size, when the caption names
+  one) is changed in the picture, and only its *noun token* is taken from the changed caption; the
+  adjectives still name the old attribute. The UNet learns that a noun token from another context
+  changes its own object, and only it: the property an attribute delta relies on, taught with real tokens
+  of real captions, never with a delta.
 
-Both are off unless ``python -m reprolib.shapes.train`` is given ``--grounding`` / ``--attribute-dropout``.
+All are off unless ``python -m reprolib.shapes.train`` is given ``--grounding`` / ``--attribute-dropout`` /
+``--token-swap``.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,6 +30,7 @@ from . import world
 
 MAX_OBJECTS = 3
 MASK_RES = 16  # the UNet's largest attention maps; smaller ones are average-pooled from it
+SIZE_BINS = {"small": (world.SIZE_RANGE[0], world.SMALL_BELOW), "big": (world.BIG_ABOVE, world.SIZE_RANGE[1])}
 
 
 def _words(ids: torch.Tensor, tokenizer) -> list[list[str]]:
@@ -37,7 +45,6 @@ def noun_targets(scenes: list[world.Scene], ids: torch.Tensor, tokenizer) -> tup
     """
     pos = torch.full((len(scenes), MAX_OBJECTS), -1, dtype=torch.long)
     masks = torch.zeros(len(scenes), MAX_OBJECTS, MASK_RES, MASK_RES, dtype=torch.float16)
-    pool = world.RES // MASK_RES
     for i, (scene, words) in enumerate(zip(scenes, _words(ids, tokenizer))):
         if not scene.caption:
             continue
@@ -46,9 +53,84 @@ def noun_targets(scenes: list[world.Scene], ids: torch.Tensor, tokenizer) -> tup
             if words[c + 1] != obj.shape:
                 raise ValueError(f"caption {scene.caption!r}: expected {obj.shape!r} after {obj.colour!r}")
             pos[i, k] = c + 1
-            cov = world.coverage(obj).reshape(MASK_RES, pool, MASK_RES, pool).mean(axis=(1, 3))
-            masks[i, k] = torch.from_numpy(cov.astype(np.float16))
+            masks[i, k] = _mask(obj)
     return pos, masks
+
+
+def _mask(obj: world.Obj) -> torch.Tensor:
+    pool = world.RES // MASK_RES
+    cov = world.coverage(obj).reshape(MASK_RES, pool, MASK_RES, pool).mean(axis=(1, 3))
+    return torch.from_numpy(cov.astype(np.float16))
+
+
+@dataclass
+class Swapped:
+    """Token-swapped rows of a batch: the changed captions' ids, pictures and object masks, and
+    which noun position of each row takes its token from the changed caption."""
+
+    rows: torch.Tensor  # (n,) indices into the batch
+    ids: torch.Tensor  # (n, tokens)
+    images: torch.Tensor  # (n, 3, 64, 64) in [-1, 1]
+    masks: torch.Tensor  # (n, 3, 16, 16)
+    noun: torch.Tensor  # (n,) token position
+
+
+def _changed(scene: world.Scene, k: int, size_word: str | None, rng: np.random.Generator) -> world.Obj:
+    """Object ``k`` in a colour no other object has, and in the other size bin when ``size_word`` is given
+    (keeping its size if the new one would overlap a neighbour)."""
+    obj, others = scene.objects[k], [o for i, o in enumerate(scene.objects) if i != k]
+    free = [c for c in world.PALETTE if c not in {o.colour for o in scene.objects}]
+    new = replace(obj, colour=str(rng.choice(free)))
+    if size_word is not None:
+        flipped = replace(new, size=float(rng.uniform(*SIZE_BINS["big" if size_word == "small" else "small"])))
+        inside = flipped.size + 1 <= min(obj.cx, obj.cy, world.RES - obj.cx, world.RES - obj.cy)
+        if inside and not any(world.overlaps(flipped, o) for o in others):
+            new = flipped
+    return new
+
+
+def swap_tokens(
+    scenes: list[world.Scene], ids: torch.Tensor, positions: torch.Tensor, tokenizer, p: float, rng
+) -> Swapped | None:
+    """For a share ``p`` of the captioned rows, one object's colour (and size word) changed (see module doc).
+
+    ``ids``/``positions``: the batch's token ids and ``noun_targets`` positions; ``rng``: numpy Generator.
+    """
+    vocab = tokenizer.get_vocab()
+    word_id = {w: vocab[w + "</w>"] for w in (*world.PALETTE, *SIZE_BINS)}
+    rows, new_ids, images, masks, nouns = [], [], [], [], []
+    for i, scene in enumerate(scenes):
+        if not scene.caption or rng.random() >= p:
+            continue
+        k = int(rng.integers(len(scene.objects)))
+        noun = int(positions[i, k])
+        before = tokenizer.convert_ids_to_tokens(int(ids[i, noun - 2]))[: -len("</w>")]
+        obj = _changed(scene, k, before if before in SIZE_BINS else None, rng)
+        row = ids[i].clone()
+        row[noun - 1] = word_id[obj.colour]
+        if obj.size_word != scene.objects[k].size_word:
+            row[noun - 2] = word_id[obj.size_word]
+        objects = tuple(obj if j == k else o for j, o in enumerate(scene.objects))
+        rows.append(i), new_ids.append(row), nouns.append(noun)
+        images.append(torch.from_numpy(world.render(objects)).permute(2, 0, 1).float() / 127.5 - 1)
+        masks.append(
+            torch.stack(
+                [_mask(o) for o in objects]
+                + [torch.zeros(MASK_RES, MASK_RES, dtype=torch.float16)] * (MAX_OBJECTS - len(objects))
+            )
+        )
+    if not rows:
+        return None
+    return Swapped(
+        torch.tensor(rows), torch.stack(new_ids), torch.stack(images), torch.stack(masks), torch.tensor(nouns)
+    )
+
+
+def swap_states(states: torch.Tensor, swapped_states: torch.Tensor, swapped: Swapped) -> torch.Tensor:
+    """``states`` (batch, tokens, dim) with each swapped row's noun token taken from the changed caption."""
+    out = states.clone()
+    out[swapped.rows, swapped.noun] = swapped_states[torch.arange(len(swapped.rows)), swapped.noun]
+    return out
 
 
 def attribute_positions(ids: torch.Tensor, tokenizer) -> torch.Tensor:

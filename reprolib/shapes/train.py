@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import shutil
@@ -198,6 +199,31 @@ def _ema_update(ema: dict, models: dict, decay: float) -> None:
                 ema[name][k].mul_(decay).add_(v, alpha=1 - decay)
 
 
+def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Generator):
+    """A latent sampled from each posterior (mean, std), scaled, and noised at a random timestep: (x_t, noise, t)."""
+    x0 = (mean.float() + std.float() * torch.randn(mean.shape, generator=g)) * sf
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=g)
+    return sched.add_noise(x0, noise, t), noise, t
+
+
+def _swap(scenes, ids, positions, batch, noise, t, g, *, p, tokenizer, text, vae, sched, sf):
+    """The batch's noisy latents, text states and object masks with ``grounding.swap_tokens`` applied."""
+    xt, cond, object_masks = batch
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
+    swapped = grounding.swap_tokens(scenes, ids, positions, tokenizer, p, rng)
+    if swapped is None:
+        return batch
+    with torch.no_grad():
+        z = vae.encode(swapped.images).latent_dist
+    x0 = (z.mean + z.std * torch.randn(z.mean.shape, generator=g)) * sf
+    xt = xt.index_put((swapped.rows,), sched.add_noise(x0, noise[swapped.rows], t[swapped.rows]))
+    cond = grounding.swap_states(cond, text(swapped.ids)[0], swapped)
+    if object_masks is not None:
+        object_masks = object_masks.index_put((swapped.rows,), swapped.masks)
+    return xt, cond, object_masks
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -216,11 +242,14 @@ def train_unet(
     scenes: list | None = None,
     grounding_weight: float = 0.0,
     attribute_dropout: float = 0.0,
+    token_swap: float = 0.0,
+    vae=None,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``grounding_weight`` / ``attribute_dropout`` (need ``scenes``, the captions' scenes): see ``grounding``."""
+    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` (need ``scenes``, the captions' scenes;
+    ``token_swap`` also the ``vae`` to encode its changed pictures): see ``grounding``."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
     unet, text = build_unet(), build_text_encoder(tokenizer)
@@ -245,8 +274,9 @@ def train_unet(
         captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
     ).input_ids
     sf = latents["scaling_factor"]
-    if grounding_weight:
+    if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
+        swap = functools.partial(_swap, p=token_swap, tokenizer=tokenizer, text=text, vae=vae, sched=sched, sf=sf)
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
     unet.train(), text.train()
@@ -257,12 +287,12 @@ def train_unet(
             group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final, warmup)
         g = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + step)
         idx = torch.randint(0, len(ids), (batch,), generator=g)
-        mean, std = latents["mean"][idx].float(), latents["std"][idx].float()
-        x0 = (mean + std * torch.randn(mean.shape, generator=g)) * sf
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
-        xt = sched.add_noise(x0, noise, t)
-        cond = text(ids[idx])[0]
+        xt, noise, t = _noised(latents["mean"][idx], latents["std"][idx], sf, sched, g)
+        cond, object_masks = text(ids[idx])[0], masks[idx] if grounding_weight else None
+        if token_swap:
+            xt, cond, object_masks = swap(
+                [scenes[i] for i in idx], ids[idx], positions[idx], (xt, cond, object_masks), noise, t, g
+            )
         mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
@@ -271,7 +301,7 @@ def train_unet(
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
-            loss = loss + grounding_weight * grounding.grounding_loss(maps, positions[idx], masks[idx])
+            loss = loss + grounding_weight * grounding.grounding_loss(maps, positions[idx], object_masks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -381,6 +411,13 @@ def parser() -> argparse.ArgumentParser:
         help="share of captions whose colour and size words are hidden from cross-attention (0 = off)",
     )
     p.add_argument(
+        "--token-swap",
+        type=float,
+        default=0.0,
+        help="share of captions with one object recoloured (and resized) in the picture and only its noun "
+        "token taken from the changed caption (reprolib.shapes.grounding; 0 = off)",
+    )
+    p.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -420,6 +457,8 @@ def _record(a, argv) -> dict:
         run["grounding"] = a.grounding
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
+    if a.token_swap:
+        run["token_swap"] = a.token_swap
     if a.decoder_steps:
         run["decoder_steps"] = a.decoder_steps
     return run
@@ -435,8 +474,10 @@ def main(argv=None) -> None:
     for flag in ("lr", "lr_final", "grounding"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
             raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
-    if not 0 <= checks.number(a.attribute_dropout, "--attribute-dropout", optional=False) <= 1:
-        raise checks.InputError(f"--attribute-dropout must be in [0, 1], got {a.attribute_dropout}")
+    for flag in ("attribute_dropout", "token_swap"):
+        name = "--" + flag.replace("_", "-")
+        if not 0 <= checks.number(getattr(a, flag), name, optional=False) <= 1:
+            raise checks.InputError(f"{name} must be in [0, 1], got {getattr(a, flag)}")
     checks.count(a.threads, "--threads")
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
@@ -476,7 +517,7 @@ def main(argv=None) -> None:
     latents, sf = encode_all(a.out, vae, images, sf_keep)
     print(f"latent scaling factor {sf:.4f}")
     scenes = None
-    if a.grounding or a.attribute_dropout:  # the objects behind each caption, rebuilt from the seed
+    if a.grounding or a.attribute_dropout or a.token_swap:  # the objects behind each caption, rebuilt from the seed
         scenes = _scenes(a.scenes, a.seed, a.mix)
         if [s.caption for s in scenes] != captions:
             raise checks.InputError(f"{a.out / 'data.pt'} does not match --scenes/--seed/--mix; delete it")
@@ -497,6 +538,8 @@ def main(argv=None) -> None:
         scenes=scenes,
         grounding_weight=a.grounding,
         attribute_dropout=a.attribute_dropout,
+        token_swap=a.token_swap,
+        vae=vae,
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")

@@ -86,7 +86,7 @@ def caption_for(objects: tuple[Obj, ...], rng: np.random.Generator, p_drop_size:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
+def overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
     ax0, ay0, ax1, ay1 = a.bbox
     bx0, by0, bx1, by1 = b.bbox
     return not (ax1 + margin < bx0 or bx1 + margin < ax0 or ay1 + margin < by0 or by1 + margin < ay0)
@@ -111,7 +111,7 @@ def random_objects(rng: np.random.Generator, n: int, res: int = RES, repeat_shap
             cx, cy = rng.uniform(size + 1, res - size - 1, size=2)
             shape = fixed[k] if k in fixed else str(rng.choice(SHAPES))
             o = Obj(shape, str(colour), size, float(cx), float(cy))
-            if not any(_overlaps(o, p) for p in objs):
+            if not any(overlaps(o, p) for p in objs):
                 objs.append(o)
                 break
         else:  # pragma: no cover - rare; a smaller object always fits
