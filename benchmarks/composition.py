@@ -2,10 +2,12 @@
 
     python benchmarks/composition.py                                   # the shipped model, 8 seeds
     python benchmarks/composition.py --model checkpoints_export_dir --seeds 12
+    python benchmarks/composition.py --delays 0 0.2 0.4                # edits from the first step, and later
 
 On "a red circle and a green square", edits on the circle only: the colour delta (red → blue) at α = 1, the
 size delta at α = 2, both stacked (the composition bar's edits). For each, the share of seeds whose picture
-still holds the circle (any colour) and the green square, by the ruler. Then the norms of the two deltas, of
+still holds the circle (any colour; a red one; a blue one) and the green square, by the ruler, for each edit
+delay asked for (the library's default, 0.2, alone unless ``--delays``). Then the norms of the two deltas, of
 the stacked edit and of the circle's token they are added to.
 """
 
@@ -19,6 +21,7 @@ from reprolib.conditioning import TextConditioning
 from reprolib.contrastive import contrastive_delta
 from reprolib.edits import Edit
 from reprolib.evaluation.specificity import subject_pattern
+from reprolib.generate import DELAY
 from reprolib.shapes import measure
 from reprolib.tokens import token_span
 
@@ -29,6 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes")
     p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--delays", type=float, nargs="+", default=[DELAY], help="edit delays, side by side")
     a = p.parse_args()
     pipe = reprolib.load_pipeline(a.model)
     size, colour = contrastive_delta(pipe, "shapes/size"), contrastive_delta(pipe, "shapes/colour")
@@ -40,13 +44,19 @@ def main() -> None:
         "size +2 & colour +1": [Edit(size, circle, 2.0), Edit(colour, circle, 1.0)],
     }
     print(f"{PROMPT!r}, edits on the circle, {a.seeds} seeds: share of pictures that hold each object")
-    print(f"{'edit':<22}{'circle (any colour)':>21}{'green square':>14}")
-    for name, edits in cases.items():
-        images = reprolib.generate(pipe, PROMPT, seed=list(range(a.seeds)), edits=edits)
-        found = [measure.measure(np.asarray(im)) for im in images]
-        has_circle = np.mean([any(f.shape == "circle" for f in objs) for objs in found])
-        has_square = np.mean([measure.find(objs, "green", "square") is not None for objs in found])
-        print(f"{name:<22}{has_circle:>21.2f}{has_square:>14.2f}")
+    print(
+        f"{'delay':<7}{'edit':<22}{'circle (any colour)':>21}{'red circle':>12}{'blue circle':>13}{'green square':>14}"
+    )
+    for delay in a.delays:
+        for name, edits in cases.items():
+            images = reprolib.generate(pipe, PROMPT, seed=list(range(a.seeds)), edits=edits, delay=delay)
+            found = [measure.measure(np.asarray(im)) for im in images]
+            shares = [
+                np.mean([any(f.shape == "circle" for f in objs) for objs in found]),
+                *[np.mean([measure.find(objs, c, "circle") is not None for objs in found]) for c in ("red", "blue")],
+                np.mean([measure.find(objs, "green", "square") is not None for objs in found]),
+            ]
+            print(f"{delay:<7g}{name:<22}" + "".join(f"{v:>{w}.2f}" for v, w in zip(shares, (21, 12, 13, 14))))
     s, c = size.vectors["clip"], colour.vectors["clip"]
     with torch.no_grad():
         encoded = TextConditioning(pipe).encode([PROMPT])
