@@ -135,7 +135,7 @@ def swap_states(states: torch.Tensor, swapped_states: torch.Tensor, swapped: Swa
 
 def attribute_positions(ids: torch.Tensor, tokenizer) -> torch.Tensor:
     """(n, tokens) bool: the colour and size words of each caption."""
-    attr = {*world.PALETTE, "small", "big"}
+    attr = {*world.PALETTE, *SIZE_BINS}
     return torch.tensor([[w in attr for w in row] for row in _words(ids, tokenizer)])
 
 

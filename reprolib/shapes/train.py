@@ -199,9 +199,14 @@ def _ema_update(ema: dict, models: dict, decay: float) -> None:
                 ema[name][k].mul_(decay).add_(v, alpha=1 - decay)
 
 
+def _sampled(mean: torch.Tensor, std: torch.Tensor, sf: float, g: torch.Generator) -> torch.Tensor:
+    """A latent drawn from each VAE posterior (mean, std), scaled as the UNet sees it."""
+    return (mean.float() + std.float() * torch.randn(mean.shape, generator=g)) * sf
+
+
 def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Generator):
     """A latent sampled from each posterior (mean, std), scaled, and noised at a random timestep: (x_t, noise, t)."""
-    x0 = (mean.float() + std.float() * torch.randn(mean.shape, generator=g)) * sf
+    x0 = _sampled(mean, std, sf, g)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=g)
     return sched.add_noise(x0, noise, t), noise, t
@@ -216,7 +221,7 @@ def _swap(scenes, ids, positions, batch, noise, t, g, *, p, tokenizer, text, vae
         return batch
     with torch.no_grad():
         z = vae.encode(swapped.images).latent_dist
-    x0 = (z.mean + z.std * torch.randn(z.mean.shape, generator=g)) * sf
+    x0 = _sampled(z.mean, z.std, sf, g)
     xt = xt.index_put((swapped.rows,), sched.add_noise(x0, noise[swapped.rows], t[swapped.rows]))
     cond = grounding.swap_states(cond, text(swapped.ids)[0], swapped)
     if object_masks is not None:
