@@ -97,19 +97,24 @@ def test_attribute_dropout_hides_only_colour_and_size_words(tokenizer):
 def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
-    levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5"]
+    levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
     train.main(["--out", str(tmp_path / "lev"), "--unet-steps", "2"] + base + levers)
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
+    assert run["swap_reach"] == 2
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
         train.main(["--out", str(tmp_path / "bad"), "--attribute-dropout", "1.5"] + base)
     with pytest.raises(InputError, match="--token-swap"):
         train.main(["--out", str(tmp_path / "bad"), "--token-swap", "-0.1"] + base)
+    with pytest.raises(InputError, match="--swap-reach must be >= 1"):
+        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-reach", "0.5"] + base)
+    with pytest.raises(InputError, match="--swap-reach 2.0 needs --token-swap"):
+        train.main(["--out", str(tmp_path / "bad"), "--swap-reach", "2"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
 
@@ -161,5 +166,15 @@ def test_swap_states_replaces_only_the_swapped_noun_tokens():
     sw = grounding.Swapped(torch.tensor([1, 3]), None, None, None, torch.tensor([2, 5]))
     out = grounding.swap_states(states, other, sw)
     assert torch.equal(out[1, 2], other[0, 2]) and torch.equal(out[3, 5], other[1, 5])
+    out[1, 2], out[3, 5] = states[1, 2], states[3, 5]
+    assert torch.equal(out, states)
+
+
+def test_swap_reach_goes_that_far_along_old_to_new():
+    states, other = torch.randn(4, 9, 8), torch.randn(2, 9, 8)
+    sw = grounding.Swapped(torch.tensor([1, 3]), None, None, None, torch.tensor([2, 5]))
+    out = grounding.swap_states(states, other, sw, torch.tensor([1.0, 2.0]))
+    assert torch.allclose(out[1, 2], other[0, 2])  # reach 1: the new token itself
+    assert torch.allclose(out[3, 5], 2 * other[1, 5] - states[3, 5])  # reach 2: as far again past it
     out[1, 2], out[3, 5] = states[1, 2], states[3, 5]
     assert torch.equal(out, states)

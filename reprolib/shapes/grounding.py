@@ -126,10 +126,18 @@ def swap_tokens(
     )
 
 
-def swap_states(states: torch.Tensor, swapped_states: torch.Tensor, swapped: Swapped) -> torch.Tensor:
-    """``states`` (batch, tokens, dim) with each swapped row's noun token taken from the changed caption."""
+def swap_states(
+    states: torch.Tensor, swapped_states: torch.Tensor, swapped: Swapped, reach: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``states`` (batch, tokens, dim) with each swapped row's noun token taken from the changed caption.
+
+    ``reach`` (n,) ≥ 1: go that far along old → new instead (1 = the new token itself). Beyond 1 the token is
+    longer than any caption makes it, as a stacked or extrapolated edit makes it, and the picture is still
+    the changed one: the UNet learns that going further along an attribute never means another object.
+    """
     out = states.clone()
-    out[swapped.rows, swapped.noun] = swapped_states[torch.arange(len(swapped.rows)), swapped.noun]
+    old, new = states[swapped.rows, swapped.noun], swapped_states[torch.arange(len(swapped.rows)), swapped.noun]
+    out[swapped.rows, swapped.noun] = new if reach is None else old + reach[:, None] * (new - old)
     return out
 
 

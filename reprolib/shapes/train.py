@@ -212,8 +212,9 @@ def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Ge
     return sched.add_noise(x0, noise, t), noise, t
 
 
-def _swap(scenes, ids, positions, batch, noise, t, g, *, p, tokenizer, text, vae, sched, sf):
-    """The batch's noisy latents, text states and object masks with ``grounding.swap_tokens`` applied."""
+def _swap(scenes, ids, positions, batch, noise, t, g, *, p, reach, tokenizer, text, vae, sched, sf):
+    """The batch's noisy latents, text states and object masks with ``grounding.swap_tokens`` applied
+    (each swapped token taken a uniform 1 to ``reach`` of the way from the old to the new, 1: the new)."""
     xt, cond, object_masks = batch
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
     swapped = grounding.swap_tokens(scenes, ids, positions, tokenizer, p, rng)
@@ -223,7 +224,8 @@ def _swap(scenes, ids, positions, batch, noise, t, g, *, p, tokenizer, text, vae
         z = vae.encode(swapped.images).latent_dist
     x0 = _sampled(z.mean, z.std, sf, g)
     xt = xt.index_put((swapped.rows,), sched.add_noise(x0, noise[swapped.rows], t[swapped.rows]))
-    cond = grounding.swap_states(cond, text(swapped.ids)[0], swapped)
+    beta = 1 + (reach - 1) * torch.rand(len(swapped.rows), generator=g) if reach > 1 else None
+    cond = grounding.swap_states(cond, text(swapped.ids)[0], swapped, beta)
     if object_masks is not None:
         object_masks = object_masks.index_put((swapped.rows,), swapped.masks)
     return xt, cond, object_masks
@@ -248,13 +250,14 @@ def train_unet(
     grounding_weight: float = 0.0,
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
+    swap_reach: float = 1.0,
     vae=None,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` (need ``scenes``, the captions' scenes;
-    ``token_swap`` also the ``vae`` to encode its changed pictures): see ``grounding``."""
+    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` (need ``scenes``, the
+    captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures): see ``grounding``."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
     unet, text = build_unet(), build_text_encoder(tokenizer)
@@ -281,7 +284,9 @@ def train_unet(
     sf = latents["scaling_factor"]
     if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
-        swap = functools.partial(_swap, p=token_swap, tokenizer=tokenizer, text=text, vae=vae, sched=sched, sf=sf)
+        swap = functools.partial(
+            _swap, p=token_swap, reach=swap_reach, tokenizer=tokenizer, text=text, vae=vae, sched=sched, sf=sf
+        )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
     unet.train(), text.train()
@@ -423,6 +428,13 @@ def parser() -> argparse.ArgumentParser:
         "token taken from the changed caption (reprolib.shapes.grounding; 0 = off)",
     )
     p.add_argument(
+        "--swap-reach",
+        type=float,
+        default=1.0,
+        help="with --token-swap: each swapped noun token goes a uniform 1 to this many times the way from the "
+        "old token to the new one, the picture still the changed one (1 = the new token, the v4 recipe)",
+    )
+    p.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -464,6 +476,8 @@ def _record(a, argv) -> dict:
         run["attribute_dropout"] = a.attribute_dropout
     if a.token_swap:
         run["token_swap"] = a.token_swap
+    if a.swap_reach != 1:
+        run["swap_reach"] = a.swap_reach
     if a.decoder_steps:
         run["decoder_steps"] = a.decoder_steps
     return run
@@ -483,6 +497,10 @@ def main(argv=None) -> None:
         name = "--" + flag.replace("_", "-")
         if not 0 <= checks.number(getattr(a, flag), name, optional=False) <= 1:
             raise checks.InputError(f"{name} must be in [0, 1], got {getattr(a, flag)}")
+    if checks.number(a.swap_reach, "--swap-reach", optional=False) < 1:
+        raise checks.InputError(f"--swap-reach must be >= 1 (1 = the changed token itself), got {a.swap_reach}")
+    if a.swap_reach != 1 and not a.token_swap:
+        raise checks.InputError(f"--swap-reach {a.swap_reach} needs --token-swap > 0 (it stretches swapped tokens)")
     checks.count(a.threads, "--threads")
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
@@ -544,6 +562,7 @@ def main(argv=None) -> None:
         grounding_weight=a.grounding,
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
+        swap_reach=a.swap_reach,
         vae=vae,
     )
     if history:
