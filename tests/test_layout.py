@@ -413,6 +413,9 @@ def test_layout_probe_returns_a_table_per_method_case_seed_and_phrase(sd15):
     assert table.images[("unguided", cases[0].name, 0)] is not table.images[("backward", cases[0].name, 0)]
     for r in table.runs:
         assert r.seconds > 0 and (math.isnan(r.in_box) or 0.0 <= r.in_box <= 1.0)
+    # one guided step, one iteration: one energy evaluation per guided image, none for the sampler's own passes
+    assert table.summary()["unguided"]["passes"] == 0 and table.summary()["backward"]["passes"] == 1
+    assert "energy passes" in table.format()
     for row in table.summary().values():
         assert 0.0 <= row["found"] <= 1.0 and row["seconds"] > 0
     assert "× unguided" in table.format() and "pair: both boxed" in table.format()

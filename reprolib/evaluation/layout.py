@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from ..generate import generate
 from ..layout import Box, LayoutConfig, normalise_boxes
@@ -105,6 +106,7 @@ class Run:
     phrase: str
     in_box: float
     seconds: float  # of the whole image
+    passes: int = 0  # the image's UNet passes under autograd: backward guidance's energy evaluations
 
     @property
     def found(self) -> bool:
@@ -128,18 +130,21 @@ class LayoutTable:
 
     def summary(self, case: str | None = None) -> dict[str, dict[str, float]]:
         """Per method: ``in_box`` (mean over found objects), ``found`` (rate), ``in_box_all`` (missing
-        objects count 0), ``seconds`` (mean per image), ``ratio`` (seconds ÷ unguided's), ``n`` (objects)."""
+        objects count 0), ``seconds`` (mean per image), ``ratio`` (seconds ÷ unguided's), ``passes`` (mean
+        energy evaluations per image: what backward guidance's time grows with), ``n`` (objects)."""
         out = {}
         for m in self.methods:
             runs = self._select(m, case)
             vals = np.array([r.in_box for r in runs], float)
             per_image = {(r.case, r.seed): r.seconds for r in runs}  # one time per image, not per object
+            passes = {(r.case, r.seed): r.passes for r in runs}
             found = ~np.isnan(vals)
             out[m] = {
                 "in_box": float(vals[found].mean()) if found.any() else float("nan"),
                 "found": float(found.mean()) if len(vals) else float("nan"),
                 "in_box_all": float(np.where(found, vals, 0.0).mean()) if len(vals) else float("nan"),
                 "seconds": float(np.mean(list(per_image.values()))) if per_image else float("nan"),
+                "passes": float(np.mean(list(passes.values()))) if passes else float("nan"),
                 "n": len(runs),
             }
         base = out.get("unguided", {}).get("seconds")
@@ -156,11 +161,12 @@ class LayoutTable:
         width = max(len(m) for m in self.methods) + 2
         lines = [
             f"{'method':<{width}}{'in box':>8}{'found':>8}{'in box, missing=0':>19}{'s/image':>9}{'× unguided':>12}"
+            f"{'energy passes':>15}"
         ]
         for m, s in self.summary().items():
             lines.append(
                 f"{m:<{width}}{s['in_box']:8.2f}{s['found']:8.2f}{s['in_box_all']:19.2f}"
-                f"{s['seconds']:9.2f}{s['ratio']:12.2f}"
+                f"{s['seconds']:9.2f}{s['ratio']:12.2f}{s['passes']:15.1f}"
             )
         cw = max(len(c) for c in self.cases) + 2
         lines += [
@@ -186,12 +192,24 @@ class LayoutTable:
         }
 
 
-def _timed(pipe, case: Case, seed: int, config: LayoutConfig | None, **generate_kwargs) -> tuple[object, float]:
-    """One image of ``case`` (unguided when ``config`` is None) and the seconds it took."""
-    t = time.perf_counter()
+def _timed(pipe, case: Case, seed: int, config: LayoutConfig | None, **generate_kwargs) -> tuple[object, float, int]:
+    """One image of ``case`` (unguided when ``config`` is None), the seconds it took and its UNet passes
+    under autograd (the sampler's own run without a graph; guidance's energy evaluations with one)."""
+    passes = 0
+
+    def count(module, args):
+        nonlocal passes
+        passes += torch.is_grad_enabled()
+
     kw = {} if config is None else {"boxes": case.boxes, "layout": config}
-    img = generate(pipe, case.prompt, seed=seed, **kw, **generate_kwargs)
-    return img, time.perf_counter() - t
+    handle = pipe.unet.register_forward_pre_hook(count)
+    try:
+        t = time.perf_counter()
+        img = generate(pipe, case.prompt, seed=seed, **kw, **generate_kwargs)
+        seconds = time.perf_counter() - t
+    finally:
+        handle.remove()
+    return img, seconds, passes
 
 
 def _check(cases: list[Case], seeds: list[int], configs: dict) -> None:
@@ -213,11 +231,11 @@ def _one_seed(pipe, cases: list[Case], seed: int, configs: dict, keep_images: bo
             for case in group:
                 if config is None:
                     plain = plain or _timed(pipe, case, seed, None, **generate_kwargs)
-                    img, secs = plain
+                    img, secs, passes = plain
                 else:
-                    img, secs = _timed(pipe, case, seed, config, **generate_kwargs)
+                    img, secs, passes = _timed(pipe, case, seed, config, **generate_kwargs)
                 for phrase, frac in score(img, case.boxes).items():
-                    runs.append(Run(name, case.name, seed, phrase, frac, secs))
+                    runs.append(Run(name, case.name, seed, phrase, frac, secs, passes))
                 if keep_images:
                     images[(name, case.name, seed)] = img
     return runs, images
