@@ -40,6 +40,27 @@ def test_noun_targets_point_at_each_objects_noun_and_cover_it(tokenizer):
     assert (pos >= 0).sum() > 60  # the v2 mix: mostly several objects
 
 
+def test_phrase_targets_add_each_objects_colour_and_size_words(tokenizer):
+    scenes = world.scenes(60, seed=4, p_empty=0.1, **world.MIXES["v2"])
+    ids = _ids(tokenizer, [s.caption for s in scenes])
+    pos, _ = grounding.noun_targets(scenes, ids, tokenizer)
+    targets = grounding.phrase_targets(pos, ids, tokenizer)
+    assert targets.shape == (len(scenes), 3 * grounding.MAX_OBJECTS)
+    sized = 0
+    for i, s in enumerate(scenes):
+        words = _words_of(tokenizer, ids[i])
+        for k, obj in enumerate(s.objects if s.caption else ()):
+            noun, colour, size = (int(targets[i, k + j * grounding.MAX_OBJECTS]) for j in range(3))
+            assert noun == pos[i, k] and words[colour] == obj.colour
+            said = s.caption.split(obj.colour)[0].split()[-1:] in (["small"], ["big"])  # a size word before it
+            assert (size >= 0) == said and (not said or words[size] == obj.size_word)
+            sized += said
+        assert (
+            targets[i, [k + j * 3 for j in range(3) for k in range(len(s.objects) if s.caption else 0, 3)]] == -1
+        ).all()
+    assert sized > 10
+
+
 def test_hooked_probabilities_equal_the_recorded_maps_and_keep_their_graph():
     torch.manual_seed(0)
     unet = build_unet()
@@ -79,6 +100,10 @@ def test_grounding_loss_is_zero_inside_one_outside_and_ignores_missing_objects()
     assert float(grounding.grounding_loss(_maps(8, False), pos, masks)) == pytest.approx(1.0)
     assert float(grounding.grounding_loss(_maps(4, True), pos, masks)) == pytest.approx(0.0, abs=1e-6)
     assert float(grounding.grounding_loss(_maps(8, True), torch.tensor([[-1, -1, -1]]), masks)) == 0.0
+    # two words per object (phrase_targets' layout): token 2 holds half of each of the 16 cells inside and all
+    # of the 48 outside, so 8 of its 56 inside; the loss is the mean over both words
+    two = torch.tensor([[1, -1, -1, 2, -1, -1]])
+    assert float(grounding.grounding_loss(_maps(8, True), two, masks)) == pytest.approx((0 + (1 - 8 / 56) ** 2) / 2)
 
 
 def test_attribute_dropout_hides_only_colour_and_size_words(tokenizer):
@@ -98,13 +123,14 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
+    levers += ["--ground-adjectives"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
     train.main(["--out", str(tmp_path / "lev"), "--unet-steps", "2"] + base + levers)
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
-    assert run["swap_reach"] == 2
+    assert run["swap_reach"] == 2 and run["ground_adjectives"] is True
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
@@ -117,6 +143,8 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--swap-reach", "2"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
+    with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
+        train.main(["--out", str(tmp_path / "bad"), "--ground-adjectives"] + base)
 
 
 def _words_of(tokenizer, row):

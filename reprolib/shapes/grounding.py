@@ -13,8 +13,13 @@
   changes its own object, and only it: the property an attribute delta relies on, taught with real tokens
   of real captions, never with a delta.
 
+* **Adjective grounding** (with the grounding loss): an object's colour and size words are held to its
+  mask too. Without it, a model trained with the token swap learns that the adjectives may be wrong and
+  spreads their attention, and layout guidance on a phrase like "red circle" then never gets its energy
+  under the threshold (every iteration of every guided step runs).
+
 All are off unless ``python -m reprolib.shapes.train`` is given ``--grounding`` / ``--attribute-dropout`` /
-``--token-swap``.
+``--token-swap`` / ``--ground-adjectives``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,17 @@ def noun_targets(scenes: list[world.Scene], ids: torch.Tensor, tokenizer) -> tup
             pos[i, k] = c + 1
             masks[i, k] = _mask(obj)
     return pos, masks
+
+
+def phrase_targets(positions: torch.Tensor, ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Each object's words: (n, 3·objects) positions, its nouns (``positions``), then their colour words,
+    then their size words (−1 where none), in the order ``masks.repeat(1, 3, 1, 1)`` gives their masks."""
+    noun = positions >= 0
+    colour = torch.where(noun, positions - 1, -1)
+    size_ids = torch.tensor([tokenizer.get_vocab()[w + "</w>"] for w in SIZE_BINS])
+    before = torch.gather(ids, 1, (positions - 2).clamp_min(0))
+    size = torch.where(noun & (positions >= 2) & torch.isin(before, size_ids), positions - 2, -1)
+    return torch.cat([positions, colour, size], 1)
 
 
 def _mask(obj: world.Obj) -> torch.Tensor:
@@ -190,8 +206,10 @@ def cross_attention_probs(unet):
 def grounding_loss(maps: dict[str, torch.Tensor], positions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean over layers and objects of (1 − attention inside the object ÷ all its attention)².
 
-    ``maps``: layer → (batch, heads, h·w, tokens) attention probabilities (with their graph).
+    ``maps``: layer → (batch, heads, h·w, tokens) attention probabilities (with their graph). ``positions``
+    (batch, k·objects) may hold k words per object, as ``phrase_targets`` gives, each held to its object's mask.
     """
+    masks = masks.repeat(1, positions.shape[1] // masks.shape[1], 1, 1)
     valid = positions >= 0
     if not valid.any():
         return torch.zeros(())

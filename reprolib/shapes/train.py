@@ -251,12 +251,14 @@ def train_unet(
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
+    ground_adjectives: bool = False,
     vae=None,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` (need ``scenes``, the
+    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``ground_adjectives``
+    (need ``scenes``, the
     captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures): see ``grounding``."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
@@ -284,6 +286,7 @@ def train_unet(
     sf = latents["scaling_factor"]
     if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
+        grounded = grounding.phrase_targets(positions, ids, tokenizer) if ground_adjectives else positions
         swap = functools.partial(
             _swap, p=token_swap, reach=swap_reach, tokenizer=tokenizer, text=text, vae=vae, sched=sched, sf=sf
         )
@@ -311,7 +314,7 @@ def train_unet(
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
-            loss = loss + grounding_weight * grounding.grounding_loss(maps, positions[idx], object_masks)
+            loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -435,6 +438,11 @@ def parser() -> argparse.ArgumentParser:
         "old token to the new one, the picture still the changed one (1 = the new token, the v4 recipe)",
     )
     p.add_argument(
+        "--ground-adjectives",
+        action="store_true",
+        help="with --grounding: hold each object's colour and size words to its mask too, not only its noun",
+    )
+    p.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -478,14 +486,15 @@ def _record(a, argv) -> dict:
         run["token_swap"] = a.token_swap
     if a.swap_reach != 1:
         run["swap_reach"] = a.swap_reach
+    if a.ground_adjectives:
+        run["ground_adjectives"] = True
     if a.decoder_steps:
         run["decoder_steps"] = a.decoder_steps
     return run
 
 
-def main(argv=None) -> None:
-    p = parser()
-    a = p.parse_args(argv)
+def _check(a) -> None:
+    """Every flag's value, each refusal naming the flag and the fix."""
     for flag in ("scenes", "batch"):
         checks.integer(getattr(a, flag), f"--{flag}", minimum=1)
     for flag in ("vae_steps", "unet_steps", "warmup", "decoder_steps"):
@@ -501,9 +510,17 @@ def main(argv=None) -> None:
         raise checks.InputError(f"--swap-reach must be >= 1 (1 = the changed token itself), got {a.swap_reach}")
     if a.swap_reach != 1 and not a.token_swap:
         raise checks.InputError(f"--swap-reach {a.swap_reach} needs --token-swap > 0 (it stretches swapped tokens)")
+    if a.ground_adjectives and not a.grounding:
+        raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     checks.count(a.threads, "--threads")
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
+
+
+def main(argv=None) -> None:
+    p = parser()
+    a = p.parse_args(argv)
+    _check(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -563,6 +580,7 @@ def main(argv=None) -> None:
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,
+        ground_adjectives=a.ground_adjectives,
         vae=vae,
     )
     if history:
