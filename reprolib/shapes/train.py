@@ -258,8 +258,8 @@ def train_unet(
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
     ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``ground_adjectives``
-    (need ``scenes``, the
-    captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures): see ``grounding``."""
+    (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
+    see ``grounding``."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
     unet, text = build_unet(), build_text_encoder(tokenizer)
