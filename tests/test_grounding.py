@@ -123,14 +123,14 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
-    levers += ["--ground-adjectives"]
+    levers += ["--ground-adjectives", "--swap-late", "0.5"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
     train.main(["--out", str(tmp_path / "lev"), "--unet-steps", "2"] + base + levers)
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
-    assert run["swap_reach"] == 2 and run["ground_adjectives"] is True
+    assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
@@ -141,6 +141,10 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-reach", "0.5"] + base)
     with pytest.raises(InputError, match="--swap-reach 2.0 needs --token-swap"):
         train.main(["--out", str(tmp_path / "bad"), "--swap-reach", "2"] + base)
+    with pytest.raises(InputError, match="--swap-late 0.5 needs --token-swap"):
+        train.main(["--out", str(tmp_path / "bad"), "--swap-late", "0.5"] + base)
+    with pytest.raises(InputError, match=r"--swap-late must be in \[0, 1\]"):
+        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-late", "2"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
     with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
@@ -206,3 +210,49 @@ def test_swap_reach_goes_that_far_along_old_to_new():
     assert torch.allclose(out[3, 5], 2 * other[1, 5] - states[3, 5])  # reach 2: as far again past it
     out[1, 2], out[3, 5] = states[1, 2], states[3, 5]
     assert torch.equal(out, states)
+
+
+def test_late_target_denoises_the_old_pictures_latent_towards_the_new_picture():
+    sched = train.training_scheduler()
+    old, new, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([300, 600, 999])
+    xt = sched.add_noise(old, eps, t)
+    # made from the same picture, the target is the noise itself
+    torch.testing.assert_close(grounding.late_target(xt, old, t, sched.alphas_cumprod), eps)
+    # from another picture: the x0 a sampler reads off (x_t − √(1−ᾱ)·ε) / √ᾱ is the new picture
+    target = grounding.late_target(xt, new, t, sched.alphas_cumprod)
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close((xt - (1 - a).sqrt() * target) / a.sqrt(), new, atol=1e-4, rtol=1e-4)
+
+
+class _VAE:
+    """Encodes a picture as its pixels every 8th row and column: the changed picture, readable in the latent."""
+
+    def encode(self, images):
+        mean = images[:, :, ::8, ::8]
+        return type("Out", (), {"latent_dist": type("Posterior", (), {"mean": mean, "std": 0 * mean})})()
+
+
+def test_swap_late_keeps_the_old_latent_only_past_late_from(tokenizer):
+    scenes = world.scenes(64, seed=5, p_empty=0.0, **world.MIXES["v2"])
+    ids = _ids(tokenizer, [s.caption for s in scenes])
+    pos, _ = grounding.noun_targets(scenes, ids, tokenizer)
+    sched = train.training_scheduler()
+    shape = (64, 3, world.RES // 8, world.RES // 8)
+    xt, noise, cond = torch.randn(shape), torch.randn(shape), torch.randn(64, MAX_LENGTH, 8)
+    t = torch.arange(64) * 15  # 0 … 945: both sides of LATE_FROM
+    text = lambda i: (torch.randn(len(i), MAX_LENGTH, 8),)  # noqa: E731
+    kw = dict(p=1.0, reach=1.0, tokenizer=tokenizer, text=text, vae=_VAE(), sched=sched, sf=1.0)
+    plain = train._swap(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=0.0, **kw)
+    late = train._swap(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=1.0, **kw)
+    swapped = ~torch.isclose(plain[0], xt).flatten(1).all(1)
+    assert swapped.sum() > 50 and torch.equal(plain[1], noise)  # plain: the new picture, the batch's noise
+    old = swapped & (t >= grounding.LATE_FROM)
+    # late: past LATE_FROM the latent is the old one, and the target the noise that makes it the new picture
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    new = (plain[0] - (1 - a).sqrt() * noise) / a.sqrt()
+    assert torch.equal(late[0][old], xt[old])
+    torch.testing.assert_close(late[1][old], grounding.late_target(xt, new, t, sched.alphas_cumprod)[old])
+    assert not torch.allclose(late[1][old], noise[old])
+    # before it (and where nothing was swapped) the plain swap
+    assert torch.equal(late[0][~old], plain[0][~old]) and torch.equal(late[1][~old], noise[~old])

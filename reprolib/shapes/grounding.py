@@ -13,13 +13,18 @@
   changes its own object, and only it: the property an attribute delta relies on, taught with real tokens
   of real captions, never with a delta.
 
+* **Late swap** (with the token swap): for a share of the swapped captions, the noisy latent still shows
+  the *old* picture (at a timestep past ``LATE_FROM``) while the target is the changed one, as when a
+  delayed edit meets a half-formed picture. The UNet learns to redraw the object its noun names in place,
+  where without it the edited token takes over another object's place (#13's composition failure).
+
 * **Adjective grounding** (with the grounding loss): an object's colour and size words are held to its
   mask too. Without it, a model trained with the token swap learns that the adjectives may be wrong and
   spreads their attention, and layout guidance on a phrase like "red circle" then never gets its energy
   under the threshold (every iteration of every guided step runs).
 
 All are off unless ``python -m reprolib.shapes.train`` is given ``--grounding`` / ``--attribute-dropout`` /
-``--token-swap`` / ``--ground-adjectives``.
+``--token-swap`` / ``--swap-late`` / ``--ground-adjectives``.
 """
 
 from __future__ import annotations
@@ -35,11 +40,18 @@ from . import world
 
 MAX_OBJECTS = 3
 MASK_RES = 16  # the UNet's largest attention maps; smaller ones are average-pooled from it
+LATE_FROM = 300  # late swaps only at t ≥ this: below it the old picture is too clear to redraw in a few steps
 SIZE_BINS = {"small": (world.SIZE_RANGE[0], world.SMALL_BELOW), "big": (world.BIG_ABOVE, world.SIZE_RANGE[1])}
 
 
 def _words(ids: torch.Tensor, tokenizer) -> list[list[str]]:
     return [[t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(row.tolist())] for row in ids]
+
+
+def _word_ids(tokenizer, words) -> dict[str, int]:
+    """Each whole word's token id (the shapes vocabulary has one token per word)."""
+    vocab = tokenizer.get_vocab()
+    return {w: vocab[w + "</w>"] for w in words}
 
 
 def noun_targets(scenes: list[world.Scene], ids: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +79,7 @@ def phrase_targets(positions: torch.Tensor, ids: torch.Tensor, tokenizer) -> tor
     then their size words (−1 where none), in the order ``masks.repeat(1, 3, 1, 1)`` gives their masks."""
     noun = positions >= 0
     colour = torch.where(noun, positions - 1, -1)
-    size_ids = torch.tensor([tokenizer.get_vocab()[w + "</w>"] for w in SIZE_BINS])
+    size_ids = torch.tensor(list(_word_ids(tokenizer, SIZE_BINS).values()))
     before = torch.gather(ids, 1, (positions - 2).clamp_min(0))
     size = torch.where(noun & (positions >= 2) & torch.isin(before, size_ids), positions - 2, -1)
     return torch.cat([positions, colour, size], 1)
@@ -112,8 +124,7 @@ def swap_tokens(
 
     ``ids``/``positions``: the batch's token ids and ``noun_targets`` positions; ``rng``: numpy Generator.
     """
-    vocab = tokenizer.get_vocab()
-    word_id = {w: vocab[w + "</w>"] for w in (*world.PALETTE, *SIZE_BINS)}
+    word_id = _word_ids(tokenizer, (*world.PALETTE, *SIZE_BINS))
     rows, new_ids, images, masks, nouns = [], [], [], [], []
     for i, scene in enumerate(scenes):
         if not scene.caption or rng.random() >= p:
@@ -155,6 +166,15 @@ def swap_states(
     old, new = states[swapped.rows, swapped.noun], swapped_states[torch.arange(len(swapped.rows)), swapped.noun]
     out[swapped.rows, swapped.noun] = new if reach is None else old + reach[:, None] * (new - old)
     return out
+
+
+def late_target(xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The noise ε that makes ``xt`` a noising of ``x0`` at ``t``: (x_t − √ᾱ·x0) / √(1 − ᾱ).
+
+    With ``xt`` made from another picture, a UNet trained to predict it learns to denoise towards ``x0``.
+    """
+    a = alphas_cumprod.to(xt.device)[t].float().view(-1, *[1] * (xt.dim() - 1))
+    return (xt - a.sqrt() * x0) / (1 - a).sqrt()
 
 
 def attribute_positions(ids: torch.Tensor, tokenizer) -> torch.Tensor:

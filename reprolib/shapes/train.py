@@ -212,23 +212,30 @@ def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Ge
     return sched.add_noise(x0, noise, t), noise, t
 
 
-def _swap(scenes, ids, positions, batch, noise, t, g, *, p, reach, tokenizer, text, vae, sched, sf):
-    """The batch's noisy latents, text states and object masks with ``grounding.swap_tokens`` applied
-    (each swapped token taken a uniform 1 to ``reach`` of the way from the old to the new, 1: the new)."""
-    xt, cond, object_masks = batch
+def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, tokenizer, text, vae, sched, sf):
+    """The batch (noisy latents, noise targets, text states, object masks) with ``grounding.swap_tokens``
+    applied: each swapped token taken a uniform 1 to ``reach`` of the way from the old to the new (1: the new);
+    a share ``late`` of the swapped rows at t ≥ LATE_FROM keep the old picture's latent (``late_target``)."""
+    xt, noise, cond, object_masks = batch
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
     swapped = grounding.swap_tokens(scenes, ids, positions, tokenizer, p, rng)
     if swapped is None:
         return batch
     with torch.no_grad():
         z = vae.encode(swapped.images).latent_dist
-    x0 = _sampled(z.mean, z.std, sf, g)
-    xt = xt.index_put((swapped.rows,), sched.add_noise(x0, noise[swapped.rows], t[swapped.rows]))
-    beta = 1 + (reach - 1) * torch.rand(len(swapped.rows), generator=g) if reach > 1 else None
+    x0, rows = _sampled(z.mean, z.std, sf, g), swapped.rows
+    fresh = sched.add_noise(x0, noise[rows], t[rows])
+    if late:  # drawn only when asked, so earlier recipes keep their random stream
+        old = (torch.rand(len(rows), generator=g) < late) & (t[rows] >= grounding.LATE_FROM)
+        target = grounding.late_target(xt[rows], x0, t[rows], sched.alphas_cumprod)
+        noise = noise.index_put((rows,), torch.where(old[:, None, None, None], target, noise[rows]))
+        fresh = torch.where(old[:, None, None, None], xt[rows], fresh)
+    xt = xt.index_put((rows,), fresh)
+    beta = 1 + (reach - 1) * torch.rand(len(rows), generator=g) if reach > 1 else None
     cond = grounding.swap_states(cond, text(swapped.ids)[0], swapped, beta)
     if object_masks is not None:
-        object_masks = object_masks.index_put((swapped.rows,), swapped.masks)
-    return xt, cond, object_masks
+        object_masks = object_masks.index_put((rows,), swapped.masks)
+    return xt, noise, cond, object_masks
 
 
 def train_unet(
@@ -251,13 +258,15 @@ def train_unet(
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
+    swap_late: float = 0.0,
     ground_adjectives: bool = False,
     vae=None,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``ground_adjectives``
+    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``swap_late`` /
+    ``ground_adjectives``
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``."""
     ckpt = out / "unet.pt"
@@ -288,7 +297,15 @@ def train_unet(
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
         grounded = grounding.phrase_targets(positions, ids, tokenizer) if ground_adjectives else positions
         swap = functools.partial(
-            _swap, p=token_swap, reach=swap_reach, tokenizer=tokenizer, text=text, vae=vae, sched=sched, sf=sf
+            _swap,
+            p=token_swap,
+            reach=swap_reach,
+            late=swap_late,
+            tokenizer=tokenizer,
+            text=text,
+            vae=vae,
+            sched=sched,
+            sf=sf,
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
@@ -303,8 +320,8 @@ def train_unet(
         xt, noise, t = _noised(latents["mean"][idx], latents["std"][idx], sf, sched, g)
         cond, object_masks = text(ids[idx])[0], masks[idx] if grounding_weight else None
         if token_swap:
-            xt, cond, object_masks = swap(
-                [scenes[i] for i in idx], ids[idx], positions[idx], (xt, cond, object_masks), noise, t, g
+            xt, noise, cond, object_masks = swap(
+                [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
         mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
         if attribute_dropout:
@@ -438,6 +455,13 @@ def parser() -> argparse.ArgumentParser:
         "old token to the new one, the picture still the changed one (1 = the new token, the v4 recipe)",
     )
     p.add_argument(
+        "--swap-late",
+        type=float,
+        default=0.0,
+        help="with --token-swap: share of the swapped captions whose noisy latent (at t >= 300) still shows the "
+        "old picture while the target is the changed one, as a delayed edit meets it (0 = off)",
+    )
+    p.add_argument(
         "--ground-adjectives",
         action="store_true",
         help="with --grounding: hold each object's colour and size words to its mask too, not only its noun",
@@ -486,6 +510,8 @@ def _record(a, argv) -> dict:
         run["token_swap"] = a.token_swap
     if a.swap_reach != 1:
         run["swap_reach"] = a.swap_reach
+    if a.swap_late:
+        run["swap_late"] = a.swap_late
     if a.ground_adjectives:
         run["ground_adjectives"] = True
     if a.decoder_steps:
@@ -502,7 +528,7 @@ def _check(a) -> None:
     for flag in ("lr", "lr_final", "grounding"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
             raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
-    for flag in ("attribute_dropout", "token_swap"):
+    for flag in ("attribute_dropout", "token_swap", "swap_late"):
         name = "--" + flag.replace("_", "-")
         if not 0 <= checks.number(getattr(a, flag), name, optional=False) <= 1:
             raise checks.InputError(f"{name} must be in [0, 1], got {getattr(a, flag)}")
@@ -510,6 +536,8 @@ def _check(a) -> None:
         raise checks.InputError(f"--swap-reach must be >= 1 (1 = the changed token itself), got {a.swap_reach}")
     if a.swap_reach != 1 and not a.token_swap:
         raise checks.InputError(f"--swap-reach {a.swap_reach} needs --token-swap > 0 (it stretches swapped tokens)")
+    if a.swap_late and not a.token_swap:
+        raise checks.InputError(f"--swap-late {a.swap_late} needs --token-swap > 0 (it changes swapped captions)")
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     checks.count(a.threads, "--threads")
@@ -580,6 +608,7 @@ def main(argv=None) -> None:
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,
+        swap_late=a.swap_late,
         ground_adjectives=a.ground_adjectives,
         vae=vae,
     )
