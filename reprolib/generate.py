@@ -206,9 +206,9 @@ def _local_blend(
     return LocalBlend(cond.pipe.unet, positions, path, first_edited, threshold=threshold, aspect=height / width)
 
 
-def _inversion_defaults(pipe, inversion: StartingPoint, steps, negative_prompt, height, width):
-    """(steps, guidance scale, negative prompt, height, width) defaults from an inversion, checked against ``pipe``."""
-    inversion.check(TextConditioning(pipe), steps)
+def _inversion_defaults(cond: TextConditioning, inversion: StartingPoint, steps, negative_prompt, height, width):
+    """(steps, guidance scale, negative prompt, height, width) defaults from an inversion, checked against the model."""
+    inversion.check(cond, steps)
     negative_prompt = inversion.negative_prompt if negative_prompt is None else negative_prompt
     height, width = height or inversion.height, width or inversion.width
     return inversion.steps, inversion.guidance_scale, negative_prompt, height, width
@@ -255,9 +255,10 @@ def generate(
     edited words' attention (:class:`reprolib.blend.LocalBlend`).
     """
     d_steps, d_cfg = defaults(pipe)
+    cond = TextConditioning(pipe)
     if inversion is not None:
         d_steps, d_cfg, negative_prompt, height, width = _inversion_defaults(
-            pipe, inversion, steps, negative_prompt, height, width
+            cond, inversion, steps, negative_prompt, height, width
         )
     edits = checks.sampling(
         pipe,
@@ -280,7 +281,6 @@ def generate(
         raise ValueError(f"delay is a fraction of the steps, between 0 and 1; got {delay}")
     if until is not None and not 0 <= until <= steps:
         raise ValueError(f"until is a step index between 0 and steps={steps}; got {until}")
-    cond = TextConditioning(pipe)
     dh, dw = cond.default_size()
     height, width = dh if height is None else height, dw if width is None else width
 

@@ -360,31 +360,9 @@ class AttributeSlider:
         return bundle
 
 
-def attribute_slider(
-    pipe,
-    prompt: str,
-    attributes,
-    *,
-    seed: int = 0,
-    values: tuple[float, float, float] = (-2.0, 2.0, 0.25),
-    cache_size: int = 64,
-    share_prefix: bool = True,
-    threads: int | None = None,
-    background: bool = True,
-    prefetch: int = 2,
-    **generate_kwargs,
-) -> AttributeSlider:
-    """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook."""
-    return AttributeSlider(
-        pipe,
-        prompt,
-        attributes,
-        seed=seed,
-        values=values,
-        cache_size=cache_size,
-        share_prefix=share_prefix,
-        threads=threads,
-        background=background,
-        prefetch=prefetch,
-        **generate_kwargs,
-    )
+def attribute_slider(pipe, prompt: str, attributes, **kwargs) -> AttributeSlider:
+    """Sliders for ``attributes`` (``[(delta, pattern, name), ...]``) on ``prompt``; display it in a notebook.
+
+    Takes ``AttributeSlider``'s keywords (seed, values, cache_size, …, and ``generate``'s).
+    """
+    return AttributeSlider(pipe, prompt, attributes, **kwargs)
