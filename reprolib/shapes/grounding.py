@@ -15,8 +15,8 @@
 
 * **Late swap** (with the token swap): for a share of the swapped captions, the noisy latent still shows
   the *old* picture (at a timestep past ``LATE_FROM``) while the target is the changed one, as when a
-  delayed edit meets a half-formed picture. The UNet learns to redraw the object its noun names in place,
-  where without it the edited token takes over another object's place (#13's composition failure).
+  delayed edit meets a half-formed picture. The UNet learns to redraw the object its noun names in place
+  (measured in ``checkpoints/shapes_v3/README.md``: it does, but then leaks size edits onto other objects).
 
 * **Adjective grounding** (with the grounding loss): an object's colour and size words are held to its
   mask too. Without it, a model trained with the token swap learns that the adjectives may be wrong and
