@@ -123,7 +123,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
-    levers += ["--ground-adjectives", "--swap-late", "0.5"]
+    levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -131,6 +131,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
+    assert run["swap_name_size"] == 0.5
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
@@ -145,6 +146,8 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--swap-late", "0.5"] + base)
     with pytest.raises(InputError, match=r"--swap-late must be in \[0, 1\]"):
         train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-late", "2"] + base)
+    with pytest.raises(InputError, match="--swap-name-size 1.0 needs --token-swap"):
+        train.main(["--out", str(tmp_path / "bad"), "--swap-name-size", "1"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
     with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
@@ -242,7 +245,7 @@ def test_swap_late_keeps_the_old_latent_only_past_late_from(tokenizer):
     xt, noise, cond = torch.randn(shape), torch.randn(shape), torch.randn(64, MAX_LENGTH, 8)
     t = torch.arange(64) * 15  # 0 … 945: both sides of LATE_FROM
     text = lambda i: (torch.randn(len(i), MAX_LENGTH, 8),)  # noqa: E731
-    kw = dict(p=1.0, reach=1.0, tokenizer=tokenizer, text=text, vae=_VAE(), sched=sched, sf=1.0)
+    kw = dict(p=1.0, reach=1.0, name_size=0.0, tokenizer=tokenizer, text=text, vae=_VAE(), sched=sched, sf=1.0)
     plain = train._swap(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=0.0, **kw)
     late = train._swap(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=1.0, **kw)
     swapped = ~torch.isclose(plain[0], xt).flatten(1).all(1)
@@ -256,3 +259,30 @@ def test_swap_late_keeps_the_old_latent_only_past_late_from(tokenizer):
     assert not torch.allclose(late[1][old], noise[old])
     # before it (and where nothing was swapped) the plain swap
     assert torch.equal(late[0][~old], plain[0][~old]) and torch.equal(late[1][~old], noise[~old])
+
+
+def test_name_size_adds_a_size_word_to_unsized_nouns_and_draws_the_object_in_its_bin(tokenizer):
+    scenes = world.scenes(120, seed=7, p_empty=0.0, **world.MIXES["v2"])
+    ids = _ids(tokenizer, [s.caption for s in scenes])
+    pos, _ = grounding.noun_targets(scenes, ids, tokenizer)
+    plain = grounding.swap_tokens(scenes, ids, pos, tokenizer, 1.0, np.random.default_rng(0))
+    assert torch.equal(plain.new_noun, plain.noun)  # off: no word is ever added
+    sw = grounding.swap_tokens(scenes, ids, pos, tokenizer, 1.0, np.random.default_rng(0), name_size=1.0)
+    named = 0
+    for r, row, image, noun, new in zip(sw.rows, sw.ids, sw.images, sw.noun.tolist(), sw.new_noun.tolist()):
+        before, after = _words_of(tokenizer, ids[r]), _words_of(tokenizer, row)
+        if before[noun - 2] in grounding.SIZE_BINS or new == noun:
+            continue  # named already (the plain swap), or the new size did not fit
+        named += 1
+        size_word, colour = after[noun - 1], after[noun]
+        assert size_word in grounding.SIZE_BINS and after[new] == before[noun]  # "a red circle" → "a big blue circle"
+        assert after[: noun - 1] == before[: noun - 1] and after[new + 1 :] == before[noun + 1 : -1]
+        pixels = ((image.permute(1, 2, 0) + 1) * 127.5).round().numpy()
+        area = (np.abs(pixels - world.PALETTE[colour]).sum(-1) < 60).sum()
+        lo, hi = grounding.SIZE_BINS[size_word]
+        assert lo - 0.5 <= (area / world.AREA_FACTOR[before[noun]]) ** 0.5 <= hi + 0.5
+    assert named > 10
+    # swap_states reads the new token where the changed caption has it
+    states, other = torch.zeros(len(ids), MAX_LENGTH, 4), torch.randn(len(sw.rows), MAX_LENGTH, 4)
+    out = grounding.swap_states(states, other, sw)
+    torch.testing.assert_close(out[sw.rows, sw.noun], other[torch.arange(len(sw.rows)), sw.new_noun])

@@ -101,6 +101,7 @@ class Swapped:
     images: torch.Tensor  # (n, 3, 64, 64) in [-1, 1]
     masks: torch.Tensor  # (n, 3, 16, 16)
     noun: torch.Tensor  # (n,) token position
+    new_noun: torch.Tensor | None = None  # (n,) its position in the changed caption, where a word was added
 
 
 def _changed(scene: world.Scene, k: int, size_word: str | None, rng: np.random.Generator) -> world.Obj:
@@ -117,28 +118,49 @@ def _changed(scene: world.Scene, k: int, size_word: str | None, rng: np.random.G
     return new
 
 
+def _named(row: torch.Tensor, at: int, word: int) -> torch.Tensor:
+    """``row`` with ``word`` inserted at ``at``, the rest shifted right into the padding."""
+    if row[-1] != row[-2]:
+        raise ValueError("no padding left to insert a size word into; raise the tokenizer's MAX_LENGTH")
+    return torch.cat([row[:at], row.new_tensor([word]), row[at:-1]])
+
+
 def swap_tokens(
-    scenes: list[world.Scene], ids: torch.Tensor, positions: torch.Tensor, tokenizer, p: float, rng
+    scenes: list[world.Scene],
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    tokenizer,
+    p: float,
+    rng,
+    name_size: float = 0.0,
 ) -> Swapped | None:
     """For a share ``p`` of the captioned rows, one object's colour (and size word) changed (see module doc).
 
     ``ids``/``positions``: the batch's token ids and ``noun_targets`` positions; ``rng``: numpy Generator.
+    ``name_size``: the share of changed objects whose caption names no size that get one (a random bin, the
+    object drawn in it), the word added before the colour: a size edit on an unsized noun, taught.
     """
     word_id = _word_ids(tokenizer, (*world.PALETTE, *SIZE_BINS))
-    rows, new_ids, images, masks, nouns = [], [], [], [], []
+    rows, new_ids, images, masks, nouns, new_nouns = [], [], [], [], [], []
     for i, scene in enumerate(scenes):
         if not scene.caption or rng.random() >= p:
             continue
         k = int(rng.integers(len(scene.objects)))
         noun = int(positions[i, k])
         before = tokenizer.convert_ids_to_tokens(int(ids[i, noun - 2]))[: -len("</w>")]
-        obj = _changed(scene, k, before if before in SIZE_BINS else None, rng)
+        # drawn only when asked, so earlier recipes keep their random stream
+        named = before not in SIZE_BINS and name_size > 0 and rng.random() < name_size
+        wanted = str(rng.choice(list(SIZE_BINS))) if named else None
+        obj = _changed(scene, k, before if before in SIZE_BINS else {"big": "small", "small": "big"}.get(wanted), rng)
         row = ids[i].clone()
         row[noun - 1] = word_id[obj.colour]
-        if obj.size_word != scene.objects[k].size_word:
+        if named and obj.size_word == wanted:  # it fitted in the new bin: the caption now names it
+            row = _named(row, noun - 1, word_id[wanted])
+        elif not named and obj.size_word != scene.objects[k].size_word:
             row[noun - 2] = word_id[obj.size_word]
         objects = tuple(obj if j == k else o for j, o in enumerate(scene.objects))
         rows.append(i), new_ids.append(row), nouns.append(noun)
+        new_nouns.append(noun + int(named and obj.size_word == wanted))
         images.append(torch.from_numpy(world.render(objects)).permute(2, 0, 1).float() / 127.5 - 1)
         masks.append(
             torch.stack(
@@ -149,7 +171,12 @@ def swap_tokens(
     if not rows:
         return None
     return Swapped(
-        torch.tensor(rows), torch.stack(new_ids), torch.stack(images), torch.stack(masks), torch.tensor(nouns)
+        torch.tensor(rows),
+        torch.stack(new_ids),
+        torch.stack(images),
+        torch.stack(masks),
+        torch.tensor(nouns),
+        torch.tensor(new_nouns),
     )
 
 
@@ -163,7 +190,8 @@ def swap_states(
     the changed one: the UNet learns that going further along an attribute never means another object.
     """
     out = states.clone()
-    old, new = states[swapped.rows, swapped.noun], swapped_states[torch.arange(len(swapped.rows)), swapped.noun]
+    new_noun = swapped.noun if swapped.new_noun is None else swapped.new_noun
+    old, new = states[swapped.rows, swapped.noun], swapped_states[torch.arange(len(swapped.rows)), new_noun]
     out[swapped.rows, swapped.noun] = new if reach is None else old + reach[:, None] * (new - old)
     return out
 

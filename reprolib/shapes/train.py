@@ -212,13 +212,13 @@ def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Ge
     return sched.add_noise(x0, noise, t), noise, t
 
 
-def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, tokenizer, text, vae, sched, sf):
+def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, name_size, tokenizer, text, vae, sched, sf):
     """The batch (noisy latents, noise targets, text states, object masks) with ``grounding.swap_tokens``
     applied: each swapped token taken a uniform 1 to ``reach`` of the way from the old to the new (1: the new);
     a share ``late`` of the swapped rows at t ≥ LATE_FROM keep the old picture's latent (``late_target``)."""
     xt, noise, cond, object_masks = batch
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
-    swapped = grounding.swap_tokens(scenes, ids, positions, tokenizer, p, rng)
+    swapped = grounding.swap_tokens(scenes, ids, positions, tokenizer, p, rng, name_size)
     if swapped is None:
         return batch
     with torch.no_grad():
@@ -259,6 +259,7 @@ def train_unet(
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
     swap_late: float = 0.0,
+    swap_name_size: float = 0.0,
     ground_adjectives: bool = False,
     vae=None,
 ):
@@ -266,7 +267,7 @@ def train_unet(
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
     ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``swap_late`` /
-    ``ground_adjectives``
+    ``swap_name_size`` / ``ground_adjectives``
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``."""
     ckpt = out / "unet.pt"
@@ -301,6 +302,7 @@ def train_unet(
             p=token_swap,
             reach=swap_reach,
             late=swap_late,
+            name_size=swap_name_size,
             tokenizer=tokenizer,
             text=text,
             vae=vae,
@@ -462,6 +464,13 @@ def parser() -> argparse.ArgumentParser:
         "old picture while the target is the changed one, as a delayed edit meets it (0 = off)",
     )
     p.add_argument(
+        "--swap-name-size",
+        type=float,
+        default=0.0,
+        help="with --token-swap: share of the swapped objects whose caption names no size that get a size word "
+        "and are drawn in that size bin (a size edit on an unsized noun, taught; 0 = off)",
+    )
+    p.add_argument(
         "--ground-adjectives",
         action="store_true",
         help="with --grounding: hold each object's colour and size words to its mask too, not only its noun",
@@ -512,6 +521,8 @@ def _record(a, argv) -> dict:
         run["swap_reach"] = a.swap_reach
     if a.swap_late:
         run["swap_late"] = a.swap_late
+    if a.swap_name_size:
+        run["swap_name_size"] = a.swap_name_size
     if a.ground_adjectives:
         run["ground_adjectives"] = True
     if a.decoder_steps:
@@ -528,7 +539,7 @@ def _check(a) -> None:
     for flag in ("lr", "lr_final", "grounding"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
             raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
-    for flag in ("attribute_dropout", "token_swap", "swap_late"):
+    for flag in ("attribute_dropout", "token_swap", "swap_late", "swap_name_size"):
         name = "--" + flag.replace("_", "-")
         if not 0 <= checks.number(getattr(a, flag), name, optional=False) <= 1:
             raise checks.InputError(f"{name} must be in [0, 1], got {getattr(a, flag)}")
@@ -536,8 +547,10 @@ def _check(a) -> None:
         raise checks.InputError(f"--swap-reach must be >= 1 (1 = the changed token itself), got {a.swap_reach}")
     if a.swap_reach != 1 and not a.token_swap:
         raise checks.InputError(f"--swap-reach {a.swap_reach} needs --token-swap > 0 (it stretches swapped tokens)")
-    if a.swap_late and not a.token_swap:
-        raise checks.InputError(f"--swap-late {a.swap_late} needs --token-swap > 0 (it changes swapped captions)")
+    for flag in ("swap_late", "swap_name_size"):
+        if getattr(a, flag) and not a.token_swap:
+            name = "--" + flag.replace("_", "-")
+            raise checks.InputError(f"{name} {getattr(a, flag)} needs --token-swap > 0 (it changes swapped captions)")
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     checks.count(a.threads, "--threads")
@@ -609,6 +622,7 @@ def main(argv=None) -> None:
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,
         swap_late=a.swap_late,
+        swap_name_size=a.swap_name_size,
         ground_adjectives=a.ground_adjectives,
         vae=vae,
     )
