@@ -18,13 +18,17 @@
   delayed edit meets a half-formed picture. The UNet learns to redraw the object its noun names in place
   (measured in ``checkpoints/shapes_v3/README.md``: it does, but then leaks size edits onto other objects).
 
+* **Size naming** (with the token swap): for a share of the swapped objects whose caption names no size, the
+  changed caption gets a size word and the picture draws the object in that bin. A size delta added to an
+  unsized noun (as in "a red circle and a green square") is then a move the UNet has seen.
+
 * **Adjective grounding** (with the grounding loss): an object's colour and size words are held to its
   mask too. Without it, a model trained with the token swap learns that the adjectives may be wrong and
   spreads their attention, and layout guidance on a phrase like "red circle" then never gets its energy
   under the threshold (every iteration of every guided step runs).
 
 All are off unless ``python -m reprolib.shapes.train`` is given ``--grounding`` / ``--attribute-dropout`` /
-``--token-swap`` / ``--swap-late`` / ``--ground-adjectives``.
+``--token-swap`` / ``--swap-late`` / ``--swap-name-size`` / ``--ground-adjectives``.
 """
 
 from __future__ import annotations
