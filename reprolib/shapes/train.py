@@ -460,7 +460,8 @@ def parser() -> argparse.ArgumentParser:
         "--swap-late",
         type=float,
         default=0.0,
-        help="with --token-swap: share of the swapped captions whose noisy latent (at t >= 300) still shows the "
+        help=f"with --token-swap: share of the swapped captions whose noisy latent (at t >= {grounding.LATE_FROM}) "
+        "still shows the "
         "old picture while the target is the changed one, as a delayed edit meets it (0 = off)",
     )
     p.add_argument(
