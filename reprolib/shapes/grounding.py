@@ -155,16 +155,18 @@ def swap_tokens(
         # drawn only when asked, so earlier recipes keep their random stream
         named = before not in SIZE_BINS and name_size > 0 and rng.random() < name_size
         wanted = str(rng.choice(list(SIZE_BINS))) if named else None
-        obj = _changed(scene, k, before if before in SIZE_BINS else {"big": "small", "small": "big"}.get(wanted), rng)
+        # _changed moves the object out of the bin it is given: the named one, or the one opposite the wanted one
+        flip_from = before if before in SIZE_BINS else {"big": "small", "small": "big"}.get(wanted)
+        obj = _changed(scene, k, flip_from, rng)
+        added = named and obj.size_word == wanted  # it fitted in the wanted bin: the caption now names it
         row = ids[i].clone()
         row[noun - 1] = word_id[obj.colour]
-        if named and obj.size_word == wanted:  # it fitted in the new bin: the caption now names it
+        if added:
             row = _named(row, noun - 1, word_id[wanted])
         elif not named and obj.size_word != scene.objects[k].size_word:
             row[noun - 2] = word_id[obj.size_word]
         objects = tuple(obj if j == k else o for j, o in enumerate(scene.objects))
-        rows.append(i), new_ids.append(row), nouns.append(noun)
-        new_nouns.append(noun + int(named and obj.size_word == wanted))
+        rows.append(i), new_ids.append(row), nouns.append(noun), new_nouns.append(noun + added)
         images.append(torch.from_numpy(world.render(objects)).permute(2, 0, 1).float() / 127.5 - 1)
         masks.append(
             torch.stack(

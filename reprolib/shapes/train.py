@@ -461,8 +461,7 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help=f"with --token-swap: share of the swapped captions whose noisy latent (at t >= {grounding.LATE_FROM}) "
-        "still shows the "
-        "old picture while the target is the changed one, as a delayed edit meets it (0 = off)",
+        "still shows the old picture while the target is the changed one, as a delayed edit meets it (0 = off)",
     )
     p.add_argument(
         "--swap-name-size",
