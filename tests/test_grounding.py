@@ -148,6 +148,8 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-late", "2"] + base)
     with pytest.raises(InputError, match="--swap-name-size 1.0 needs --token-swap"):
         train.main(["--out", str(tmp_path / "bad"), "--swap-name-size", "1"] + base)
+    with pytest.raises(InputError, match=r"--swap-name-size must be in \[0, 1\]"):
+        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-name-size", "-0.5"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
     with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
