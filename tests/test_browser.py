@@ -230,13 +230,15 @@ def _problems(d) -> list[str]:
     return found
 
 
-def _watch(d, img) -> None:
-    """Record every new picture of ``img`` (ipywidgets' Image swaps its blob URL) in window.__frames."""
+def _watch(d, cell) -> None:
+    """Record every new picture of the cell's ``.widget-image`` in window.__frames (ipywidgets' Image swaps its
+    blob URL). The whole cell is observed, so a widget view drawn anew (a new img) is still followed."""
     d.execute_script(
-        """const img = arguments[0]; window.__frames = [];
-        new MutationObserver(() => window.__frames.push(img.src)).observe(img, {attributes: true,
+        """window.__frames = [];
+        new MutationObserver(ms => ms.forEach(m => m.target.classList.contains('widget-image') &&
+          window.__frames.push(m.target.src))).observe(arguments[0], {attributes: true, subtree: true,
           attributeFilter: ['src']});""",
-        img,
+        cell,
     )
 
 
@@ -281,7 +283,7 @@ def _move_slider(d, lab, chapter: Chapter) -> dict[str, float]:
     cell = _cell(d, chapter.marker)
     handle = cell.find_element("css selector", ".widget-slider .noUi-handle")
     readout = cell.find_element("css selector", ".widget-readout")
-    _watch(d, cell.find_element("css selector", ".widget-image"))
+    _watch(d, cell)
     handle.click()  # focus
     first = readout.text
     times = {"key press": _latency(d, lambda: handle.send_keys(Keys.ARROW_RIGHT))}
@@ -306,6 +308,28 @@ def _move_slider(d, lab, chapter: Chapter) -> dict[str, float]:
     return times
 
 
+def _settled(d, img, what: str) -> None:
+    """Wait until ``img`` has loaded and stopped moving on the page (outputs still landing shift it)."""
+    _until(d, lambda: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img), 60, what)
+    where = lambda: (img.rect["x"], img.rect["y"], img.rect["width"], img.rect["height"])  # noqa: E731
+    before, still = where(), 0
+    while still < 10:  # 10 × 0.1 s in the same place
+        time.sleep(0.1)
+        now = where()
+        still, before = (still + 1 if now == before else 0), now
+
+
+def _box_state(d, cell) -> str:
+    """What the page says after a drag: boxes on the canvas, the drawer's status line, the kernel, problems."""
+    rects = len(cell.find_elements("css selector", "svg rect"))
+    labels = [e.text for e in cell.find_elements("css selector", ".widget-label") if e.text]
+    kernel = d.execute_script(f"{PANEL} return p.sessionContext.session.kernel.status")
+    attached = d.execute_script("return arguments[0].isConnected", cell)
+    return f"{rects} boxes on the canvas, labels {labels}, kernel {kernel}, cell on the page {attached}, " + (
+        f"problems {_problems(d)}"
+    )
+
+
 def _draw_boxes(d, lab, chapter: Chapter) -> dict[str, float]:
     """Draw one rectangle per phrase with the mouse on the canvas; the guided image must change each time."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -316,7 +340,8 @@ def _draw_boxes(d, lab, chapter: Chapter) -> dict[str, float]:
         for i in cell.find_elements("css selector", ".jp-OutputArea-output img")
         if "widget-image" not in (i.get_attribute("class") or "")
     )
-    _watch(d, cell.find_element("css selector", ".widget-image"))
+    _watch(d, cell)
+    _settled(d, canvas, "the canvas picture to load and stay in place")
     w, h = canvas.size["width"], canvas.size["height"]
     times = {}
     # from the centre of the canvas: the bottom-right quarter for the first phrase, the top-left for the second
@@ -329,7 +354,11 @@ def _draw_boxes(d, lab, chapter: Chapter) -> dict[str, float]:
             .move_by_offset(int(dx * w / 2), int(dy * h / 2))
             .release()
         )
-        times[f"{name}: release → guided image"] = _latency(d, drag.perform)
+        rects = len(cell.find_elements("css selector", "svg rect"))
+        try:
+            times[f"{name}: release → guided image"] = _latency(d, drag.perform)
+        except AssertionError as e:  # say whether the drag drew no box or the kernel never answered it
+            raise AssertionError(f"{name}: {e}; before the drag {rects} boxes, now {_box_state(d, cell)}") from None
     assert len(cell.find_elements("css selector", "svg rect")) >= 2, "the two drawn boxes are not on the canvas"
     _shot(d, lab, f"{chapter.notebook[:2]}_3_boxes")
     return times
