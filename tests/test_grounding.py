@@ -123,7 +123,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
-    levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5"]
+    levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -131,7 +131,9 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
-    assert run["swap_name_size"] == 0.5
+    assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3
+    # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
+    assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
@@ -150,6 +152,10 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--swap-name-size", "1"] + base)
     with pytest.raises(InputError, match=r"--swap-name-size must be in \[0, 1\]"):
         train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-name-size", "-0.5"] + base)
+    with pytest.raises(InputError, match="--short-deltas 0.3 needs --token-swap"):
+        train.main(["--out", str(tmp_path / "bad"), "--short-deltas", "0.3"] + base)
+    with pytest.raises(InputError, match="--short-deltas is a share"):
+        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--short-deltas", "0"] + base)
     with pytest.raises(InputError, match="--grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
     with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
@@ -248,8 +254,12 @@ def test_swap_late_keeps_the_old_latent_only_past_late_from(tokenizer):
     t = torch.arange(64) * 15  # 0 … 945: both sides of LATE_FROM
     text = lambda i: (torch.randn(len(i), MAX_LENGTH, 8),)  # noqa: E731
     kw = dict(p=1.0, reach=1.0, name_size=0.0, tokenizer=tokenizer, text=text, vae=_VAE(), sched=sched, sf=1.0)
-    plain = train._swap(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=0.0, **kw)
-    late = train._swap(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=1.0, **kw)
+    plain, ratio = train._swap(
+        scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=0.0, **kw
+    )
+    late, _ = train._swap(
+        scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=1.0, **kw
+    )
     swapped = ~torch.isclose(plain[0], xt).flatten(1).all(1)
     assert swapped.sum() > 50 and torch.equal(plain[1], noise)  # plain: the new picture, the batch's noise
     old = swapped & (t >= grounding.LATE_FROM)
@@ -261,6 +271,20 @@ def test_swap_late_keeps_the_old_latent_only_past_late_from(tokenizer):
     assert not torch.allclose(late[1][old], noise[old])
     # before it (and where nothing was swapped) the plain swap
     assert torch.equal(late[0][~old], plain[0][~old]) and torch.equal(late[1][~old], noise[~old])
+    assert ratio.shape == (int(swapped.sum()),) and (ratio > 0).all()  # one change ratio per swapped row
+
+
+def test_change_penalty_is_zero_under_the_limit_and_grows_past_it():
+    old = torch.tensor([[3.0, 4.0], [3.0, 4.0]])  # length 5
+    new = old + torch.tensor([[1.0, 0.0], [0.0, 4.0]])  # moved by 1 and by 4
+    ratio = grounding.change_ratio(old, new)
+    torch.testing.assert_close(ratio, torch.tensor([0.2, 0.8]))
+    assert grounding.change_penalty(ratio, 0.8) == 0
+    torch.testing.assert_close(grounding.change_penalty(ratio, 0.3), torch.tensor(0.5**2 / 2))
+    # the gradient moves the changed token towards the old one, never the old token's length
+    new.requires_grad_(True)
+    grounding.change_penalty(grounding.change_ratio(old, new), 0.3).backward()
+    assert new.grad[0].abs().sum() == 0 and (new.grad[1] * (new - old)[1]).sum() > 0
 
 
 def test_name_size_adds_a_size_word_to_unsized_nouns_and_draws_the_object_in_its_bin(tokenizer):

@@ -215,12 +215,13 @@ def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Ge
 def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, name_size, tokenizer, text, vae, sched, sf):
     """The batch (noisy latents, noise targets, text states, object masks) with ``grounding.swap_tokens``
     applied: each swapped token taken a uniform 1 to ``reach`` of the way from the old to the new (1: the new);
-    a share ``late`` of the swapped rows at t ≥ LATE_FROM keep the old picture's latent (``late_target``)."""
+    a share ``late`` of the swapped rows at t ≥ LATE_FROM keep the old picture's latent (``late_target``).
+    Also each swap's ``change_ratio`` (empty when nothing was swapped)."""
     xt, noise, cond, object_masks = batch
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
     swapped = grounding.swap_tokens(scenes, ids, positions, tokenizer, p, rng, name_size)
     if swapped is None:
-        return batch
+        return batch, cond.new_zeros(0)
     with torch.no_grad():
         z = vae.encode(swapped.images).latent_dist
     x0, rows = _sampled(z.mean, z.std, sf, g), swapped.rows
@@ -232,10 +233,12 @@ def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, name_size, tok
         fresh = torch.where(old[:, None, None, None], xt[rows], fresh)
     xt = xt.index_put((rows,), fresh)
     beta = 1 + (reach - 1) * torch.rand(len(rows), generator=g) if reach > 1 else None
-    cond = grounding.swap_states(cond, text(swapped.ids)[0], swapped, beta)
+    states = text(swapped.ids)[0]
+    ratio = grounding.change_ratio(*grounding.swapped_nouns(cond, states, swapped))
+    cond = grounding.swap_states(cond, states, swapped, beta)
     if object_masks is not None:
         object_masks = object_masks.index_put((rows,), swapped.masks)
-    return xt, noise, cond, object_masks
+    return (xt, noise, cond, object_masks), ratio
 
 
 def train_unet(
@@ -261,13 +264,14 @@ def train_unet(
     swap_late: float = 0.0,
     swap_name_size: float = 0.0,
     ground_adjectives: bool = False,
+    short_deltas: float | None = None,
     vae=None,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
     ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``swap_late`` /
-    ``swap_name_size`` / ``ground_adjectives``
+    ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``."""
     ckpt = out / "unet.pt"
@@ -313,7 +317,7 @@ def train_unet(
         attributes = grounding.attribute_positions(ids, tokenizer)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
-    t0, running = time.time(), None
+    t0, running, change = time.time(), None, None
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final, warmup)
@@ -322,9 +326,10 @@ def train_unet(
         xt, noise, t = _noised(latents["mean"][idx], latents["std"][idx], sf, sched, g)
         cond, object_masks = text(ids[idx])[0], masks[idx] if grounding_weight else None
         if token_swap:
-            xt, noise, cond, object_masks = swap(
+            (xt, noise, cond, object_masks), ratio = swap(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
+            change = ratio.mean().item() if len(ratio) else change
         mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
@@ -334,6 +339,8 @@ def train_unet(
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
             loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks)
+        if short_deltas is not None and len(ratio):
+            loss = loss + grounding.SHORT_WEIGHT * grounding.change_penalty(ratio, short_deltas)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -345,6 +352,7 @@ def train_unet(
         if (step + 1) % 250 == 0 or step + 1 == steps:
             history.append(
                 {"step": step + 1, "loss": running, "seconds": time.time() - t0, "lr": opt.param_groups[0]["lr"]}
+                | ({"noun_change": change} if change is not None else {})  # the last batch's mean change_ratio
             )
             _save_atomic(
                 {
@@ -471,6 +479,13 @@ def parser() -> argparse.ArgumentParser:
         "and are drawn in that size bin (a size edit on an unsized noun, taught; 0 = off)",
     )
     p.add_argument(
+        "--short-deltas",
+        type=float,
+        default=None,
+        help="with --token-swap: hold each swap's change of its noun token under this share of the token's "
+        f"length (a penalty of weight {grounding.SHORT_WEIGHT}; CLIP's deltas are about 0.2 of its tokens)",
+    )
+    p.add_argument(
         "--ground-adjectives",
         action="store_true",
         help="with --grounding: hold each object's colour and size words to its mask too, not only its noun",
@@ -525,6 +540,8 @@ def _record(a, argv) -> dict:
         run["swap_name_size"] = a.swap_name_size
     if a.ground_adjectives:
         run["ground_adjectives"] = True
+    if a.short_deltas is not None:
+        run["short_deltas"] = a.short_deltas
     if a.decoder_steps:
         run["decoder_steps"] = a.decoder_steps
     return run
@@ -551,6 +568,11 @@ def _check(a) -> None:
         if getattr(a, flag) and not a.token_swap:
             name = "--" + flag.replace("_", "-")
             raise checks.InputError(f"{name} {getattr(a, flag)} needs --token-swap > 0 (it changes swapped captions)")
+    if a.short_deltas is not None:
+        if checks.number(a.short_deltas, "--short-deltas", optional=False) <= 0:
+            raise checks.InputError(f"--short-deltas is a share of the token's length, > 0; got {a.short_deltas}")
+        if not a.token_swap:
+            raise checks.InputError(f"--short-deltas {a.short_deltas} needs --token-swap > 0 (it measures swaps)")
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     checks.count(a.threads, "--threads")
@@ -624,6 +646,7 @@ def main(argv=None) -> None:
         swap_late=a.swap_late,
         swap_name_size=a.swap_name_size,
         ground_adjectives=a.ground_adjectives,
+        short_deltas=a.short_deltas,
         vae=vae,
     )
     if history:
