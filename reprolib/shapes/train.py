@@ -212,6 +212,11 @@ def _noised(mean: torch.Tensor, std: torch.Tensor, sf: float, sched, g: torch.Ge
     return sched.add_noise(x0, noise, t), noise, t
 
 
+def _state(unet, text, opt) -> dict:
+    """The weights and optimizer state a checkpoint holds (beside the EMA copy, step and history)."""
+    return {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict()}
+
+
 def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, name_size, tokenizer, text, vae, sched, sf):
     """The batch (noisy latents, noise targets, text states, object masks) with ``grounding.swap_tokens``
     applied: each swapped token taken a uniform 1 to ``reach`` of the way from the old to the new (1: the new);
@@ -289,15 +294,13 @@ def train_unet(
         unet.load_state_dict(c["unet"]), text.load_state_dict(c["text"]), opt.load_state_dict(c["opt"])
         ema, start, history = c["ema"], c["step"], c["history"]
     elif steps == 0:  # nothing to train (e.g. a decoder-only fine-tune): keep the starting weights as they are
-        state = {"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict()}
-        _save_atomic({**state, "ema": ema, "step": 0, "history": []}, ckpt)
+        _save_atomic(_state(unet, text, opt) | {"ema": ema, "step": 0, "history": []}, ckpt)
     if start >= steps:
         return unet, text, ema, history
     sched = training_scheduler()
     ids = tokenizer(
         captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
     ).input_ids
-    sf = latents["scaling_factor"]
     if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
         grounded = grounding.phrase_targets(positions, ids, tokenizer) if ground_adjectives else positions
@@ -311,25 +314,24 @@ def train_unet(
             text=text,
             vae=vae,
             sched=sched,
-            sf=sf,
+            sf=latents["scaling_factor"],
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
-    t0, running, change = time.time(), None, None
+    t0, running = time.time(), None
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, lr, decay_from, lr_final, warmup)
         g = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + step)
         idx = torch.randint(0, len(ids), (batch,), generator=g)
-        xt, noise, t = _noised(latents["mean"][idx], latents["std"][idx], sf, sched, g)
+        xt, noise, t = _noised(latents["mean"][idx], latents["std"][idx], latents["scaling_factor"], sched, g)
         cond, object_masks = text(ids[idx])[0], masks[idx] if grounding_weight else None
         if token_swap:
             (xt, noise, cond, object_masks), ratio = swap(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
-            change = ratio.mean().item() if len(ratio) else change
         mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
@@ -352,19 +354,10 @@ def train_unet(
         if (step + 1) % 250 == 0 or step + 1 == steps:
             history.append(
                 {"step": step + 1, "loss": running, "seconds": time.time() - t0, "lr": opt.param_groups[0]["lr"]}
-                | ({"noun_change": change} if change is not None else {})  # the last batch's mean change_ratio
+                # the last batch's mean change_ratio: how far its swaps moved their noun tokens
+                | ({"noun_change": ratio.mean().item()} if token_swap and len(ratio) else {})
             )
-            _save_atomic(
-                {
-                    "unet": unet.state_dict(),
-                    "text": text.state_dict(),
-                    "opt": opt.state_dict(),
-                    "ema": ema,
-                    "step": step + 1,
-                    "history": history,
-                },
-                ckpt,
-            )
+            _save_atomic(_state(unet, text, opt) | {"ema": ema, "step": step + 1, "history": history}, ckpt)
     return unet, text, ema, history
 
 
