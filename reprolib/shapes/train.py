@@ -476,7 +476,7 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="with --token-swap: hold each swap's change of its noun token under this share of the token's "
-        f"length (a penalty of weight {grounding.SHORT_WEIGHT}; CLIP's deltas are about 0.2 of its tokens)",
+        f"length (a penalty of weight {grounding.SHORT_WEIGHT}; without it a colour delta is longer than the token)",
     )
     p.add_argument(
         "--ground-adjectives",
