@@ -41,6 +41,20 @@ def reconstruction_table(pipe, scenes, methods) -> dict:
     return rows
 
 
+def _finite_mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def _unbounded(leaks: np.ndarray) -> str:
+    n = int(np.isinf(leaks).sum())
+    return (
+        f"; {n} edit(s) left the subject's area as it was and changed the other's (leak inf, not in the mean)"
+        if n
+        else ""
+    )
+
+
 def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None) -> dict:
     size = contrastive_delta(pipe, "shapes/size")
     curves = [probe.edit_curve(pipe, s, size, iterations=iterations, delay=delay, local_blend=blend) for s in scenes]
@@ -58,8 +72,8 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
     share = np.mean(rhos >= 0.95)
     print(f"  ρ(α, area) per curve: min {rhos.min():.3f}  mean {rhos.mean():.3f}  (share ≥ 0.95: {share:.2f})")
     print(
-        f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {leaks.mean():.3f}  "
-        f"(share ≤ 0.15: {np.mean(leaks <= 0.15):.2f})"
+        f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {_finite_mean(leaks):.3f}  "
+        f"(share ≤ 0.15: {np.mean(leaks <= 0.15):.2f})" + _unbounded(leaks)
     )
     print(f"  frames intact (subject one object, other present): {intact.mean():.2f}  (worst curve {intact.min():.2f})")
     print(f"  mean |Δ pixel| away from the edited object (worst α): mean {outside.mean():.2f}  max {outside.max():.2f}")

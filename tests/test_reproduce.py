@@ -15,6 +15,7 @@ import pytest
 
 from reprolib.evaluation.deltas import Sweep
 from reprolib.evaluation.specificity import Specificity
+from reprolib.evaluation.stats import leak_ratio
 from reprolib.reproduce import Outcome, Registry, default_sections
 from reprolib.reproduce.__main__ import main
 from reprolib.reproduce.deltas import join
@@ -89,6 +90,14 @@ def test_sweeps_from_single_seeds_join_as_one_sweep():
             enumerate([s0, s1])]  # fmt: skip
     merged = Specificity.merge(spec)
     assert merged.leak[("circle", "square")] == pytest.approx(both.leak()) and merged.kept[("circle", "square")] == 0.5
+
+
+def test_a_leak_is_unbounded_when_the_edit_left_its_subject_as_it_was():
+    assert leak_ratio(-24.0, 0.5) == pytest.approx(0.5 / 24.0)
+    assert leak_ratio(0.0, 3.0) == float("inf")  # was 3e6: |Δ other| ÷ 1e-6
+    assert leak_ratio(0.0, 0.0) == 0.0  # nothing moved: nothing leaked (ρ says the edit did nothing)
+    flat = Sweep([0.0, 1.0], [0], np.array([[10.0], [10.0]]), np.array([[5.0], [8.0]]), [])
+    assert flat.leak() == float("inf") and flat.leak() > 0.15
 
 
 def test_the_registry_takes_any_object_with_the_section_protocol():

@@ -12,7 +12,7 @@ import numpy as np
 from ..edits import Edit
 from ..generate import generate
 from ..shapes import measure
-from .stats import spearman
+from .stats import leak_ratio, spearman
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Sweep:
         if self.other is None:
             return float("nan")
         t, o = np.nanmean(self.target, axis=1), np.nanmean(self.other, axis=1)
-        return float(abs(o[-1] - o[0]) / max(abs(t[-1] - t[0]), 1e-6))
+        return leak_ratio(t[-1] - t[0], o[-1] - o[0])
 
 
 def size_sweep(

@@ -19,7 +19,7 @@ from ..generate import DELAY, decode, generate
 from ..inversion import encode_image, invert, load_image
 from ..shapes import measure, world
 from .specificity import subject_pattern
-from .stats import spearman
+from .stats import leak_ratio, spearman
 
 ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 # the unedited share of the steps for inverted scenes: the library's 0.2. Measured beside 0.1
@@ -140,7 +140,7 @@ class EditCurve:
     @property
     def leak(self) -> float:
         t, o = np.asarray(self.target), np.asarray(self.other)
-        return float(abs(o[-1] - o[0]) / max(abs(t[-1] - t[0]), 1e-6))
+        return leak_ratio(t[-1] - t[0], o[-1] - o[0])
 
 
 def dilate(mask: np.ndarray, r: int = 2) -> np.ndarray:

@@ -25,3 +25,12 @@ def spearman(x, y) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def leak_ratio(subject_change: float, other_change: float) -> float:
+    """|other object's change| ÷ |edited subject's change|: 0 when neither changed, inf when only the other did
+    (an edit that left its subject as it was and moved the bystander leaked without bound)."""
+    subject, other = abs(float(subject_change)), abs(float(other_change))
+    if subject == 0:
+        return 0.0 if other == 0 else float("inf")
+    return other / subject
