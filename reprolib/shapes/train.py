@@ -341,7 +341,7 @@ def train_unet(
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
             loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks)
-        if short_deltas is not None and len(ratio):
+        if short_deltas is not None and token_swap and len(ratio):  # ratio exists only with swaps
             loss = loss + grounding.SHORT_WEIGHT * grounding.change_penalty(ratio, short_deltas)
         opt.zero_grad(set_to_none=True)
         loss.backward()
