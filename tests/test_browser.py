@@ -311,7 +311,7 @@ def _move_slider(d, lab, chapter: Chapter) -> dict[str, float]:
 def _settled(d, img, what: str) -> None:
     """Wait until ``img`` has loaded and stopped moving on the page (outputs still landing shift it)."""
     _until(d, lambda: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img), 60, what)
-    where = lambda: (img.rect["x"], img.rect["y"], img.rect["width"], img.rect["height"])  # noqa: E731
+    where = lambda: (img.rect["x"], img.rect["y"], img.rect["width"], img.rect["height"])
     before, still = where(), 0
     while still < 10:  # 10 × 0.1 s in the same place
         time.sleep(0.1)

@@ -281,7 +281,7 @@ def test_change_penalty_is_zero_under_the_limit_and_grows_past_it():
     torch.testing.assert_close(ratio, torch.tensor([0.2, 0.8]))
     assert grounding.change_penalty(ratio, 0.8) == 0
     torch.testing.assert_close(grounding.change_penalty(ratio, 0.3), torch.tensor(0.5**2 / 2))
-    # the gradient moves the changed token towards the old one, never the old token's length
+    # the gradient pulls the changed token towards the old one (the length it is divided by is detached)
     new.requires_grad_(True)
     grounding.change_penalty(grounding.change_ratio(old, new), 0.3).backward()
     assert new.grad[0].abs().sum() == 0 and (new.grad[1] * (new - old)[1]).sum() > 0
