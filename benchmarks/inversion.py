@@ -1,6 +1,6 @@
 """Chapter 05's bars: inversion of scenes the model never generated, then size edits on them.
 
-    python benchmarks/inversion.py                          # 32 scenes, every method; 16 edited scenes
+    python benchmarks/inversion.py                          # 32 scenes, every method; 32 edited scenes
     python benchmarks/inversion.py --scenes 8 --edits 4     # a quick look
     python benchmarks/inversion.py --json figures/inversion.json
     python benchmarks/inversion.py --model runs/shapes_v3g_export --scenes 0   # a candidate model's edits
@@ -91,14 +91,15 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
 
 
 def _blend(text: str):
-    return {"off": False, "on": True}[text] if text in ("off", "on") else float(text)
+    named = {"off": False, "on": True, "anchored": "anchored"}
+    return named[text] if text in named else float(text)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes", help="shapes, or a shapes-world pipeline folder")
     p.add_argument("--scenes", type=int, default=32)
-    p.add_argument("--edits", type=int, default=16, help="two-object scenes to edit (0: none)")
+    p.add_argument("--edits", type=int, default=32, help="two-object scenes to edit (0: none)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--edit-iterations", nargs="+", type=int, default=[0, 4], help="exact inversion's, side by side")
     p.add_argument("--delays", nargs="+", type=float, default=[probe.EDIT_DELAY], help="edit delays, side by side")
@@ -107,7 +108,7 @@ def main() -> None:
         nargs="+",
         type=_blend,
         default=[None],
-        help="local blend settings, side by side: off, on (the default threshold) or a threshold",
+        help="local blend settings, side by side: off, on (the default threshold), anchored, or a threshold",
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import checks
-from .blend import THRESHOLD, LocalBlend
+from .blend import THRESHOLD, LocalBlend, subject_anchor
 from .checks import NonFiniteError
 from .conditioning import Embeddings, TextConditioning
 from .edits import Edit, apply_edits
@@ -184,17 +184,23 @@ def _guided_step(
 
 
 def _local_blend(
-    local_blend: bool | float | None, cond, plain: Embeddings, edits, inversion, first_edited: int, height, width
+    local_blend: bool | float | str | None, cond, plain: Embeddings, edits, inversion, first_edited: int, height, width
 ) -> LocalBlend | None:
     """The blend hook for edits of an inverted picture: on by default there (chosen by measurement:
     ``benchmarks/inversion.py --blend``), never without an inversion's path to keep. A number is the
-    mask's threshold (a fraction of the summed map's maximum)."""
+    mask's threshold (a fraction of the summed map's maximum); ``"anchored"`` also keeps the edit near
+    where its subject is (:func:`reprolib.blend.subject_anchor`)."""
     path = getattr(inversion, "path", None)
     if local_blend is None:
         local_blend = path is not None
     if local_blend is False:
         return None
-    threshold = THRESHOLD if local_blend is True else checks.number(local_blend, "local_blend", low=0.01, high=0.99)
+    anchored = local_blend == "anchored"
+    threshold = (
+        THRESHOLD
+        if local_blend is True or anchored
+        else checks.number(local_blend, "local_blend (True, False, 'anchored' or a threshold)", low=0.01, high=0.99)
+    )
     if path is None:
         raise checks.InputError(
             f"local_blend={local_blend!r} keeps an inverted picture outside the edit, and there is none: pass "
@@ -203,7 +209,12 @@ def _local_blend(
     if not edits:
         return None  # nothing is edited: the picture comes back as it was
     positions = [sorted({p for _, pattern, _ in edits for p in token_span(toks, pattern)}) for toks in plain.tokens]
-    return LocalBlend(cond.pipe.unet, positions, path, first_edited, threshold=threshold, aspect=height / width)
+    others = [[i for i, s in enumerate(t.special) if not s and i not in p] for t, p in zip(plain.tokens, positions)]
+    anchor = subject_anchor(cond, plain, positions, inversion, aspect=height / width) if anchored else None
+    return LocalBlend(
+        cond.pipe.unet, positions, path, first_edited, threshold=threshold, aspect=height / width, others=others,
+        anchor=anchor,
+    )  # fmt: skip
 
 
 def _inversion_defaults(cond: TextConditioning, inversion: StartingPoint, steps, negative_prompt, height, width):
@@ -234,7 +245,7 @@ def generate(
     until: int | None = None,
     resume: Partial | None = None,
     inversion: StartingPoint | None = None,
-    local_blend: bool | float | None = None,
+    local_blend: bool | float | str | None = None,
 ):
     r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
@@ -251,8 +262,9 @@ def generate(
     ``inversion``: a :class:`reprolib.inversion.Inversion` (any :class:`~reprolib.protocols.StartingPoint`)
     to start from instead of noise; its steps, guidance scale, negative prompt and size are the defaults,
     and with no edits or boxes the picture it was made from comes back. ``local_blend`` (default: on for
-    edits of an inversion; a number sets its threshold) keeps the picture's own latents outside the
-    edited words' attention (:class:`reprolib.blend.LocalBlend`).
+    edits of an inversion; a number sets its threshold; ``"anchored"`` also keeps the edit near where its
+    subject is) keeps the picture's own latents outside the edited words' attention, and where another
+    word attends more (:class:`reprolib.blend.LocalBlend`).
     """
     d_steps, d_cfg = defaults(pipe)
     cond = TextConditioning(pipe)

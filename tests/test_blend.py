@@ -10,6 +10,8 @@ from reprolib.conditioning import TextConditioning
 from reprolib.contrastive import contrastive_delta
 from reprolib.delta import Delta
 from reprolib.edits import Edit
+from reprolib.evaluation.inversion import held_out_scenes
+from reprolib.evaluation.specificity import subject_pattern
 from reprolib.generate import generate
 from reprolib.inversion import encode_image, invert
 from reprolib.shapes import measure, world
@@ -101,3 +103,56 @@ def test_a_bad_threshold_is_named(sd15, value):
     inv = invert(sd15, np.zeros((64, 64, 3), np.uint8), "a red square", steps=2, verify=False)
     with pytest.raises(InputError, match="local_blend"):
         generate(sd15, "a red square", inversion=inv, local_blend=value)
+
+
+def _first_masks(pipe, scene, pattern, monkeypatch, **blend_kwargs):
+    """The first edited step's blend mask for a size edit of ``pattern`` at α 1.5, LocalBlend given ``blend_kwargs``."""
+    made = []
+    init = LocalBlend.__init__
+
+    def spy(blend, *a, **k):
+        init(blend, *a, **{**k, **blend_kwargs})
+        made.append(blend)
+
+    monkeypatch.setattr(LocalBlend, "__init__", spy)
+    inv = invert(pipe, world.render(scene), scene.caption, verify=False)
+    size = contrastive_delta(pipe, "shapes/size")
+    generate(pipe, scene.caption, inversion=inv, edits=[Edit(size, pattern, 1.5)], output_type="latent")
+    return made[-1], made[-1].masks[0][0, 0].numpy() > 0
+
+
+def _cells(scene, obj) -> np.ndarray:
+    """The 16×16 latent cells an object of a rendered scene covers."""
+    mask = measure.find(measure.measure(np.asarray(world.render(scene))), obj.colour).mask
+    return mask.reshape(16, 4, 16, 4).any((1, 3))
+
+
+def test_cells_another_word_attends_more_are_kept(shapes_pipe, monkeypatch):
+    # the shapes model binds "circle" to both circles of this held-out scene: the edited noun's mask
+    # covers part of the green circle unless the other words may claim their cells
+    scene = held_out_scenes(32, seed=4_711, n_objects=2)[12]
+    assert scene.caption == "a small blue circle and a green circle"
+    word = subject_pattern("blue", "circle")
+    blend, new = _first_masks(shapes_pipe, scene, word, monkeypatch)
+    assert blend.others[0] and not set(blend.others[0]) & set(blend.positions[0])
+    _, old = _first_masks(shapes_pipe, scene, word, monkeypatch, others=None)
+    assert (new <= old).all()  # the same step's maps: others only take cells away
+    green = _cells(scene, scene.objects[1])
+    assert new[green].mean() < old[green].mean()
+
+
+def test_anchored_blend_edits_only_near_the_subject(shapes_pipe, monkeypatch):
+    spy = Spy(monkeypatch)
+    inv = invert(shapes_pipe, world.render(SCENE), CAPTION, verify=False)
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], local_blend="anchored")
+    blend = spy.made[-1]
+    anchor = blend.anchor[0, 0].numpy()
+    circle = _cells(SCENE, SCENE.objects[0])
+    square = _cells(SCENE, SCENE.objects[1])
+    assert anchor[circle].all() and not anchor[square].any() and anchor.mean() < 0.5
+    grown = torch.nn.functional.max_pool2d(torch.tensor(anchor, dtype=torch.float)[None, None], 3, 1, 1)[0, 0] > 0
+    for m in blend.masks:
+        assert (m[0, 0].numpy() > 0)[~grown.numpy()].sum() == 0  # within a cell of the anchor (the mask's dilation)
+    with pytest.raises(InputError, match="local_blend .*'anchored'"):
+        generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], local_blend="anchor")

@@ -157,7 +157,7 @@ def edit_curve(
     delta: Delta,
     alphas=ALPHAS,
     delay: float = EDIT_DELAY,
-    local_blend: bool | float | None = None,
+    local_blend: bool | float | str | None = None,
     **invert_kwargs,
 ) -> EditCurve:
     """Invert a two-object scene, then grow its first object with ``delta`` over ``alphas``.
