@@ -84,6 +84,16 @@ def test_sdxl_at_a_non_square_size(sdxl, monkeypatch):
     assert mask.shape[-2:] == out.shape[-2:] == (48 // sdxl.vae_scale_factor, 64 // sdxl.vae_scale_factor)
     keep = (mask == 0).expand_as(out)
     torch.testing.assert_close(out[keep], inv.path[-1][keep])
+    # the anchor's extra UNet pass takes SDXL's added conditions at the picture's own size
+    out = generate(
+        sdxl,
+        "a red square",
+        inversion=inv,
+        edits=[Edit(d, "square", 3.0)],
+        output_type="latent",
+        local_blend="anchored",
+    )
+    assert spy.made[-1].anchor.shape[-2:] == out.shape[-2:]
 
 
 @pytest.mark.parametrize(
