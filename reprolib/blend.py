@@ -39,14 +39,22 @@ ANCHOR_STEP = 0.8
 ANCHOR_REACH = 0.125
 
 
-def _summed(store: AttentionStore, step: int, groups: Sequence[Sequence[int]], size) -> torch.Tensor:
-    """(batch, tokens of one group, h, w): each group's positions' attention at ``step``, summed over layers."""
-    total = 0
+def _per_word(store: AttentionStore, step: int, groups: Sequence[Sequence[int]], size) -> list[torch.Tensor | int]:
+    """Per image ``b``: (len(groups[b]), h, w), the attention of each of its positions at ``step``, summed over
+    the layers (0 for an image with no positions). Images may name different numbers of positions."""
+    out: list[torch.Tensor | int] = [0] * len(groups)
     for name in store.layers:
         g = store.grid(name, step)[:, 0]  # (batch, h, w, kept tokens)
-        per = torch.stack([g[b, ..., [store.tokens.index(p) for p in pos]] for b, pos in enumerate(groups)])
-        total = total + F.interpolate(per.movedim(-1, 1).float(), size=size, mode="bilinear")
-    return total
+        for b, pos in enumerate(groups):
+            if pos:
+                maps = g[b, ..., [store.tokens.index(p) for p in pos]].movedim(-1, 0)[None].float()
+                out[b] = out[b] + F.interpolate(maps, size=size, mode="bilinear")[0]
+    return out
+
+
+def _edited_map(store: AttentionStore, step: int, positions: Sequence[Sequence[int]], size) -> torch.Tensor:
+    """(batch, 1, h, w): each image's edited words' attention at ``step``, summed over words and layers."""
+    return torch.stack([w.sum(0, keepdim=True) for w in _per_word(store, step, positions, size)])
 
 
 def subject_anchor(
@@ -67,7 +75,7 @@ def subject_anchor(
     size = tuple(x.shape[-2:])
     with AttentionStore(unet, layers, heads="mean", tokens=tokens, aspect=aspect) as store, torch.no_grad():
         cond.unet(sched.scale_model_input(x, t), t, plain, inversion.height, inversion.width)
-        where = _summed(store, 0, positions, size).sum(1, keepdim=True)
+        where = _edited_map(store, 0, positions, size)
     found = where / where.amax((2, 3), keepdim=True).clamp_min(1e-12) > threshold
     r = max(1, round(reach * min(size)))
     return F.max_pool2d(found.float(), 2 * r + 1, stride=1, padding=r) > 0
@@ -125,11 +133,10 @@ class LocalBlend:
     def mask(self, step: int, size: tuple[int, int]) -> torch.Tensor:
         """(batch, 1, h, w) in {0, 1}: where the edit may change the latents after ``step``."""
         restart = step <= self.first_edited
-        self._sum = _summed(self.store, step, self.positions, size).sum(1, keepdim=True) + (0 if restart else self._sum)
+        self._sum = _edited_map(self.store, step, self.positions, size) + (0 if restart else self._sum)
         m = self._sum / self._sum.amax((2, 3), keepdim=True).clamp_min(1e-12) > self.threshold
-        for b, other in enumerate(self.others):
-            if other:
-                mine = _summed(self.store, step, [other], size)[0]  # (tokens, h, w)
+        for b, mine in enumerate(_per_word(self.store, step, self.others, size)):
+            if self.others[b]:
                 self._others[b] = mine + (0 if restart else self._others[b])
                 m[b] &= self._sum[b] > self._others[b].amax(0, keepdim=True)
         if self.anchor is not None:

@@ -166,3 +166,20 @@ def test_anchored_blend_edits_only_near_the_subject(shapes_pipe, monkeypatch):
         assert (m[0, 0].numpy() > 0)[~grown.numpy()].sum() == 0  # within a cell of the anchor (the mask's dilation)
     with pytest.raises(InputError, match="local_blend .*'anchored'"):
         generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], local_blend="anchor")
+
+
+@pytest.mark.parametrize("mode", [True, "anchored"])
+def test_a_batch_of_prompts_blends_each_image_by_its_own_words(shapes_pipe, monkeypatch, mode):
+    # "circle" is one token of the first prompt and two of the second: each image's edited and other words
+    # are its own, and its mask is the one it would have alone
+    spy = Spy(monkeypatch)
+    inv = invert(shapes_pipe, world.render(SCENE), CAPTION, verify=False)
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    prompts = [CAPTION, "a red circle and a blue circle"]
+    e = [Edit(size, "circle", 1.5)]
+    generate(shapes_pipe, prompts, inversion=inv, edits=e, local_blend=mode, output_type="latent")
+    both = spy.made[-1]
+    assert [len(p) for p in both.positions] == [1, 2]
+    generate(shapes_pipe, prompts[1], inversion=inv, edits=e, local_blend=mode, output_type="latent")
+    alone = spy.made[-1]
+    torch.testing.assert_close(both.masks[0][1:], alone.masks[0])
