@@ -6,6 +6,7 @@
     python benchmarks/inversion.py --model runs/shapes_v3g_export --scenes 0   # a candidate model's edits
     python benchmarks/inversion.py --scenes 0 --edit-iterations 0 --delays 0.1 0.2   # the edit delay, chosen
     python benchmarks/inversion.py --scenes 0 --edit-iterations 0 --blend off 0.3 0.5 0.7   # local blend, chosen
+    python benchmarks/inversion.py --scenes 0 --edit-iterations 0 --fade-in 0 0.16 --subjects shrinkable any
 
 Reconstruction (each method side by side): the ruler finds the same objects (colour and shape), mean mask
 IoU with the original, PSNR; the VAE alone (encode, decode) is the ceiling. Edits (exact inversion, with and
@@ -15,6 +16,7 @@ ratios to one plain generation of the same caption, timed beside each.
 """
 
 import argparse
+import itertools
 import json
 
 import numpy as np
@@ -55,9 +57,12 @@ def _unbounded(leaks: np.ndarray) -> str:
     )
 
 
-def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None) -> dict:
+def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None, fade_in=None) -> dict:
     size = contrastive_delta(pipe, "shapes/size")
-    curves = [probe.edit_curve(pipe, s, size, iterations=iterations, delay=delay, local_blend=blend) for s in scenes]
+    curves = [
+        probe.edit_curve(pipe, s, size, iterations=iterations, delay=delay, local_blend=blend, fade_in=fade_in)
+        for s in scenes
+    ]
     plain = sum(c.seconds["plain"] for c in curves)
     inversion = sum(c.seconds["inversion"] for c in curves) / plain
     frame = sum(c.seconds["frame"] for c in curves) / plain
@@ -67,13 +72,23 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
     intact = np.array([c.intact_share for c in curves])
     print(
         f"size edits on {len(scenes)} inverted two-object scenes (exact inversion, {iterations} fixed-point "
-        f"iterations; delay {delay}; local blend {blend}), α ∈ {list(probe.ALPHAS)}"
+        f"iterations; delay {delay}; fade-in {'default' if fade_in is None else fade_in}; local blend {blend}), "
+        f"α ∈ {list(probe.ALPHAS)}"
     )
     share = np.mean(rhos >= 0.95)
     print(f"  ρ(α, area) per curve: min {rhos.min():.3f}  mean {rhos.mean():.3f}  (share ≥ 0.95: {share:.2f})")
+    if share < 1:
+        print(f"    curves under 0.95: {[i for i, r in enumerate(rhos) if r < 0.95]}")
     print(
         f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {_finite_mean(leaks):.3f}  "
         f"(share ≤ 0.15: {np.mean(leaks <= 0.15):.2f})" + _unbounded(leaks)
+    )
+    zero = list(probe.ALPHAS).index(0.0)
+    grow = np.array([c.target[-1] / max(c.target[zero], 1.0) for c in curves])
+    shrink = np.array([c.target[0] / max(c.target[zero], 1.0) for c in curves])
+    print(
+        f"  the edit's strength, subject's area ÷ its area at α = 0 (median over curves): "
+        f"α = {probe.ALPHAS[0]:g}: {np.median(shrink):.2f}, α = {probe.ALPHAS[-1]:g}: {np.median(grow):.2f}"
     )
     print(f"  frames intact (subject one object, other present): {intact.mean():.2f}  (worst curve {intact.min():.2f})")
     print(f"  mean |Δ pixel| away from the edited object (worst α): mean {outside.mean():.2f}  max {outside.max():.2f}")
@@ -85,6 +100,8 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
         "leak": leaks.tolist(),
         "outside_mad": outside.tolist(),
         "intact": intact.tolist(),
+        "area_ratio_lowest_alpha": shrink.tolist(),
+        "area_ratio_highest_alpha": grow.tolist(),
         "inversion_time_ratio": inversion,
         "frame_time_ratio": frame,
     }
@@ -93,6 +110,10 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
 def _blend(text: str):
     named = {"off": False, "on": True, "anchored": "anchored"}
     return named[text] if text in named else float(text)
+
+
+def _fade(text: str):
+    return None if text == "default" else float(text)
 
 
 def main() -> None:
@@ -110,6 +131,20 @@ def main() -> None:
         default=[None],
         help="local blend settings, side by side: off, on (the default threshold), anchored, or a threshold",
     )
+    p.add_argument(
+        "--fade-in",
+        nargs="+",
+        type=_fade,
+        default=[None],
+        help="fractions of the steps over which α rises after the delay, side by side (default: the library's)",
+    )
+    p.add_argument(
+        "--subjects",
+        nargs="+",
+        default=["shrinkable"],
+        choices=probe.SUBJECTS,
+        help="edited subjects: shrinkable (above the small size bin, the bar's) or any size, side by side",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     a = p.parse_args()
@@ -119,13 +154,14 @@ def main() -> None:
     scenes = probe.held_out_scenes(a.scenes)
     out = {"reconstruction": reconstruction_table(pipe, scenes, a.methods)} if a.scenes else {}
     if a.edits:
-        edit_scenes = probe.held_out_scenes(a.edits, seed=4_711, n_objects=2)
-        out["edits"] = {
-            f"iterations={k} delay={d}" + ("" if b is None else f" blend={b}"): edit_table(pipe, edit_scenes, k, d, b)
-            for k in a.edit_iterations
-            for d in a.delays
-            for b in a.blend
-        }
+        out["edits"] = {}
+        for subjects in a.subjects:
+            print(f"subjects: {subjects}")
+            scenes = probe.edit_scenes(a.edits, subjects=subjects)
+            for k, d, b, f in itertools.product(a.edit_iterations, a.delays, a.blend, a.fade_in):
+                name = f"subjects={subjects} iterations={k} delay={d}" + ("" if b is None else f" blend={b}")
+                name += "" if f is None else f" fade_in={f}"
+                out["edits"][name] = edit_table(pipe, scenes, k, d, b, f)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

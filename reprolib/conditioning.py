@@ -59,6 +59,12 @@ class Embeddings:
             self.mask,
         )
 
+    def towards(self, other: Embeddings, w: float) -> Embeddings:
+        """The states (1 − w)·self + w·other, token by token (pooled kept as self's, which edits leave alone)."""
+        return Embeddings(
+            {k: torch.lerp(v, other.states[k], w) for k, v in self.states.items()}, self.pooled, self.tokens, self.mask
+        )
+
     @staticmethod
     def cat(items: list[Embeddings]) -> Embeddings:
         pooled = None if items[0].pooled is None else torch.cat([e.pooled for e in items])

@@ -25,12 +25,32 @@ from .protocols import StartingPoint, StepHook
 from .tokens import token_span
 
 DELAY = 0.2  # fraction of the steps before edits apply (Baumann et al.'s notebook)
+# edits of an inverted picture: α rises linearly over this share of the steps after the delay instead of
+# switching on at once (chosen by benchmarks/inversion.py --fade-in: the abrupt switch breaks a shrunk
+# subject into pieces); generation from noise keeps the paper's switch (0)
+FADE_IN = 0.16
 SD_DEFAULTS = {"steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's pipelines
 
 
 def first_edited_step(steps: int, delay: float) -> int:
     """Index of the first step that uses the edited prompt; the steps before it are the same for every α."""
     return round(delay * steps)
+
+
+def fade_steps(fade_in: float | None, steps: int, inverted: bool) -> int:
+    """How many edited steps the edits take to reach their full α (``FADE_IN`` for an inversion's edits)."""
+    if fade_in is None:
+        fade_in = FADE_IN if inverted else 0.0
+    return round(checks.number(fade_in, "fade_in (a fraction of the steps)", optional=False, low=0, high=1) * steps)
+
+
+def prompt_at(i: int, plain: Embeddings, edited: Embeddings, first_edited: int, fade: int) -> Embeddings:
+    """The text states of step ``i``: unedited before ``first_edited``, then α rising over ``fade`` steps."""
+    if i < first_edited:
+        return plain
+    if i >= first_edited + fade:
+        return edited
+    return plain.towards(edited, (i - first_edited + 1) / (fade + 1))
 
 
 @dataclass(frozen=True)
@@ -186,13 +206,13 @@ def _guided_step(
 def _local_blend(
     local_blend: bool | float | str | None, cond, plain: Embeddings, edits, inversion, first_edited: int, height, width
 ) -> LocalBlend | None:
-    """The blend hook for edits of an inverted picture: on by default there (chosen by measurement:
-    ``benchmarks/inversion.py --blend``), never without an inversion's path to keep. A number is the
-    mask's threshold (a fraction of the summed map's maximum); ``"anchored"`` also keeps the edit near
-    where its subject is (:func:`reprolib.blend.subject_anchor`)."""
+    """The blend hook for edits of an inverted picture: anchored by default there (chosen by measurement:
+    ``benchmarks/inversion.py --blend``), never without an inversion's path to keep. ``True`` is the blend
+    alone; a number is its threshold (a fraction of the summed map's maximum); ``"anchored"`` also keeps
+    the edit near where its subject is (:func:`reprolib.blend.subject_anchor`)."""
     path = getattr(inversion, "path", None)
     if local_blend is None:
-        local_blend = path is not None
+        local_blend = "anchored" if path is not None else False
     if local_blend is False:
         return None
     anchored = local_blend == "anchored"
@@ -246,10 +266,13 @@ def generate(
     resume: Partial | None = None,
     inversion: StartingPoint | None = None,
     local_blend: bool | float | str | None = None,
+    fade_in: float | None = None,
 ):
     r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
     ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).
+    ``fade_in``: fraction of the steps after it over which α rises linearly to its value (default:
+    ``FADE_IN`` for edits of an inversion, 0, the paper's switch, otherwise).
     ``boxes``: ``{phrase: box or [boxes]}``, boxes normalised ``(x0, y0, x1, y1)`` from the top left;
     ``layout`` is a :class:`reprolib.layout.LayoutConfig` for them. ``hooks``: more
     :class:`~reprolib.protocols.StepHook`\ s. Returns one image for one prompt and seed, else a list
@@ -261,10 +284,10 @@ def generate(
 
     ``inversion``: a :class:`reprolib.inversion.Inversion` (any :class:`~reprolib.protocols.StartingPoint`)
     to start from instead of noise; its steps, guidance scale, negative prompt and size are the defaults,
-    and with no edits or boxes the picture it was made from comes back. ``local_blend`` (default: on for
-    edits of an inversion; a number sets its threshold; ``"anchored"`` also keeps the edit near where its
-    subject is) keeps the picture's own latents outside the edited words' attention, and where another
-    word attends more (:class:`reprolib.blend.LocalBlend`).
+    and with no edits or boxes the picture it was made from comes back. ``local_blend`` keeps the
+    picture's own latents outside the edited words' attention, and where another word attends more
+    (:class:`reprolib.blend.LocalBlend`); ``"anchored"`` (the default for edits of an inversion) also keeps
+    the edit near where its subject is; ``True``: without the anchor; a number: the mask's threshold.
     """
     d_steps, d_cfg = defaults(pipe)
     cond = TextConditioning(pipe)
@@ -303,6 +326,7 @@ def generate(
     sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume, inversion)
     stop = steps if until is None else until
     first_edited = first_edited_step(steps, delay)
+    fade = fade_steps(fade_in, steps, inversion is not None)
     blend = _local_blend(local_blend, cond, plain, edits, inversion, first_edited, height, width)
     if blend is not None:
         hooks.append(blend)
@@ -317,7 +341,7 @@ def generate(
                 continue
             if i >= stop:
                 return Partial(step=i, steps=steps, latents=x.clone(), scheduler=copy.deepcopy(sched))
-            c = edited if i >= first_edited else plain
+            c = prompt_at(i, plain, edited, first_edited, fade)
             for h in hooks:
                 x = h.before_step(i, t, x, c)
             with no_grad():

@@ -43,7 +43,11 @@ def test_outside_the_mask_the_picture_is_kept_and_the_subject_still_grows(shapes
     torch.testing.assert_close(inv.path[-1], x0)
     assert len(inv.path) == inv.steps + 1 and torch.equal(inv.path[0], inv.latents)
 
-    grown = generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], output_type="latent")
+    # the blend alone: the edit switched on at once (no fade-in) and without the anchor
+    grown = generate(
+        shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], output_type="latent",
+        local_blend=True, fade_in=0.0,
+    )  # fmt: skip
     mask = spy.made[-1].masks[-1]
     assert 0 < mask.mean() < 0.5  # the circle's neighbourhood, not the whole picture
     keep = (mask == 0).expand_as(grown)
@@ -53,7 +57,9 @@ def test_outside_the_mask_the_picture_is_kept_and_the_subject_still_grows(shapes
     for blend in (False, True):
         for a in (0.0, 1.5):
             e = [Edit(size, "circle", a)]
-            images[blend, a] = np.asarray(generate(shapes_pipe, CAPTION, inversion=inv, edits=e, local_blend=blend))
+            images[blend, a] = np.asarray(
+                generate(shapes_pipe, CAPTION, inversion=inv, edits=e, local_blend=blend, fade_in=0.0)
+            )
     for blend in (False, True):
         before, after = (measure.find(measure.measure(images[blend, a]), "red").area for a in (0.0, 1.5))
         assert after > before + 20  # the edit still does what it says
@@ -116,7 +122,8 @@ def test_a_bad_threshold_is_named(sd15, value):
 
 
 def _first_masks(pipe, scene, pattern, monkeypatch, **blend_kwargs):
-    """The first edited step's blend mask for a size edit of ``pattern`` at α 1.5, LocalBlend given ``blend_kwargs``."""
+    """The first edited step's blend mask (no anchor, no fade-in) for a size edit of ``pattern`` at α 1.5,
+    LocalBlend given ``blend_kwargs``."""
     made = []
     init = LocalBlend.__init__
 
@@ -127,7 +134,8 @@ def _first_masks(pipe, scene, pattern, monkeypatch, **blend_kwargs):
     monkeypatch.setattr(LocalBlend, "__init__", spy)
     inv = invert(pipe, world.render(scene), scene.caption, verify=False)
     size = contrastive_delta(pipe, "shapes/size")
-    generate(pipe, scene.caption, inversion=inv, edits=[Edit(size, pattern, 1.5)], output_type="latent")
+    e = [Edit(size, pattern, 1.5)]
+    generate(pipe, scene.caption, inversion=inv, edits=e, output_type="latent", local_blend=True, fade_in=0.0)
     return made[-1], made[-1].masks[0][0, 0].numpy() > 0
 
 
@@ -155,8 +163,9 @@ def test_anchored_blend_edits_only_near_the_subject(shapes_pipe, monkeypatch):
     spy = Spy(monkeypatch)
     inv = invert(shapes_pipe, world.render(SCENE), CAPTION, verify=False)
     size = contrastive_delta(shapes_pipe, "shapes/size")
-    generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], local_blend="anchored")
+    generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)])  # anchored: the default
     blend = spy.made[-1]
+    assert blend.anchor is not None
     anchor = blend.anchor[0, 0].numpy()
     circle = _cells(SCENE, SCENE.objects[0])
     square = _cells(SCENE, SCENE.objects[1])

@@ -9,9 +9,11 @@ from diffusers import EulerDiscreteScheduler
 from PIL import Image
 
 from reprolib import inversion
+from reprolib.checks import InputError, InputTypeError
+from reprolib.conditioning import Embeddings
 from reprolib.contrastive import contrastive_delta
 from reprolib.edits import Edit
-from reprolib.generate import generate
+from reprolib.generate import generate, prompt_at
 from reprolib.inversion import Inversion, InversionError, encode_image, invert, load_image
 from reprolib.protocols import StartingPoint
 from reprolib.shapes import measure, world
@@ -137,6 +139,37 @@ def test_shapes_world_scene_inverted_reconstructed_and_edited(shapes_pipe):
         img = generate(shapes_pipe, caption, inversion=inv, edits=[Edit(size, "circle", a)])
         areas.append(measure.find(measure.measure(np.asarray(img)), "red").area)
     assert areas[0] < areas[1] < areas[2]
+
+
+def test_the_edit_fades_in_over_the_steps_after_the_delay():
+    plain, edited = Embeddings({"clip": torch.zeros(1, 3, 2)}), Embeddings({"clip": torch.ones(1, 3, 2)})
+    weights = [float(prompt_at(i, plain, edited, first_edited=2, fade=3).states["clip"].mean()) for i in range(7)]
+    assert weights == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1, 1])
+    assert [prompt_at(i, plain, edited, 2, 0) is edited for i in range(4)] == [False, False, True, True]  # the switch
+
+
+def test_fading_the_edit_in_shrinks_a_subject_that_the_switch_breaks(shapes_pipe):
+    # benchmarks/inversion.py's edit scene 24: switched on at once, α = −1 leaves a corner of the old
+    # triangle joined to the shrunk one (bigger than at α = 0); faded in, the triangle shrinks with α
+    caption = "a red triangle and a green circle"
+    triangle = world.Obj("triangle", "red", 7.95, 47.74, 10.48)
+    circle = world.Obj("circle", "green", 9.06, 41.43, 41.67)
+    scene = world.Scene((triangle, circle), "")
+    inv = invert(shapes_pipe, world.render(scene), caption, verify=False)
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    areas = {}
+    for fade in (0.0, None):
+        for a in (-1.0, -0.5, 0.0):
+            img = generate(shapes_pipe, caption, inversion=inv, edits=[Edit(size, "red triangle", a)], fade_in=fade)
+            areas[fade, a] = measure.find(measure.measure(np.asarray(img)), "red").area
+    assert areas[0.0, -1.0] > areas[0.0, 0.0]
+    assert areas[None, -1.0] < areas[None, -0.5] < areas[None, 0.0]
+
+
+@pytest.mark.parametrize("fade, error", [(-0.1, InputError), (1.5, InputError), ("0.2", InputTypeError)])
+def test_a_bad_fade_in_is_named(shapes_pipe, fade, error):
+    with pytest.raises(error, match="fade_in"):
+        generate(shapes_pipe, "a red circle", steps=2, fade_in=fade)
 
 
 def test_a_prompt_that_does_not_describe_the_picture_is_allowed_and_its_error_reported(shapes_pipe, monkeypatch):

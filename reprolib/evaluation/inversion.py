@@ -26,6 +26,7 @@ ALPHAS = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 # (benchmarks/inversion.py --delays 0.1 0.2): 0.1 follows α more closely but more often draws a second copy
 # of the subject or loses the other object (frames intact 0.83 against 0.94) and changes the background more
 EDIT_DELAY = DELAY
+SUBJECTS = ("shrinkable", "any")  # which edit scenes: see edit_scenes
 
 
 def held_out_scenes(n: int, seed: int = 31_337, n_objects: int | None = None) -> list[world.Scene]:
@@ -36,6 +37,21 @@ def held_out_scenes(n: int, seed: int = 31_337, n_objects: int | None = None) ->
         scene = world.random_scene(rng, n_objects=n_objects or int(rng.choice([1, 2, 3])))
         if len({o.colour for o in scene.objects}) == len(scene.objects):
             out.append(scene)
+    return out
+
+
+def edit_scenes(n: int, seed: int = 4_711, subjects: str = "shrinkable") -> list[world.Scene]:
+    """``n`` two-object scenes to edit the first object of. ``"shrinkable"``: only subjects above the small
+    size bin, so the sweep's α < 0 half has smaller sizes in the world to reach (an object drawn at the
+    world's smallest size cannot shrink, and its flat half-curve ranks ruler noise); ``"any"``: all."""
+    if subjects not in SUBJECTS:
+        raise ValueError(f"subjects must be one of {SUBJECTS}, got {subjects!r}")
+    if subjects == "any":
+        return held_out_scenes(n, seed=seed, n_objects=2)
+    pool, out = 2 * n, []
+    while len(out) < n:
+        out = [s for s in held_out_scenes(pool, seed=seed, n_objects=2) if s.objects[0].size >= world.SMALL_BELOW][:n]
+        pool *= 2
     return out
 
 
@@ -158,6 +174,7 @@ def edit_curve(
     alphas=ALPHAS,
     delay: float = EDIT_DELAY,
     local_blend: bool | float | str | None = None,
+    fade_in: float | None = None,
     **invert_kwargs,
 ) -> EditCurve:
     """Invert a two-object scene, then grow its first object with ``delta`` over ``alphas``.
@@ -171,7 +188,15 @@ def edit_curve(
     t1 = time.perf_counter()
     word = subject_pattern(subject.colour, subject.shape)
     edit = [
-        generate(pipe, scene.caption, inversion=inv, edits=[Edit(delta, word, a)], delay=delay, local_blend=local_blend)
+        generate(
+            pipe,
+            scene.caption,
+            inversion=inv,
+            edits=[Edit(delta, word, a)],
+            delay=delay,
+            local_blend=local_blend,
+            fade_in=fade_in,
+        )  # fmt: skip
         for a in alphas
     ]
     t2 = time.perf_counter()
