@@ -25,6 +25,9 @@ def test_faithfulness_on_a_fixed_sample(shapes_pipe):
     f = faithfulness.faithfulness(shapes_pipe, n=32)  # measured: colour 1.00, shape 0.93, count 0.91, size 1.00
     assert f["colour"] >= 0.95 and f["shape"] >= 0.88 and f["size"] >= 0.9, f
     assert f["count"] >= 0.84, f
+    by = f["count_by_objects"]  # {objects asked: [captions, counted right]}: the same captions, split
+    assert sum(a for a, _ in by.values()) == 32 and sum(r for _, r in by.values()) == round(32 * f["count"])
+    assert 0 <= f["miscounts_with_more"] <= 32 - round(32 * f["count"])
 
 
 def test_generated_objects_are_measurable(shapes_pipe):

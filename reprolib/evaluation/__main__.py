@@ -59,6 +59,10 @@ def main(argv=None) -> int:
             f"shape {f['shape']:.3f}  count {f['count']:.3f}  size word {f['size']:.3f}  "
             f"({f['seconds_per_image']:.3f} s/image)"
         )
+        by = "  ".join(f"{k} object(s): {right}/{asked}" for k, (asked, right) in f["count_by_objects"].items())
+        wrong = f["captions"] - sum(right for _, right in f["count_by_objects"].values())
+        more = f["miscounts_with_more"]
+        print(f"  count right by objects asked: {by}; miscounts that find more than asked: {more}/{wrong}")
     if a.attention:
         out["attention"] = localisation(pipe, a.attention)
         for layer, v in out["attention"]["layers"].items():

@@ -14,6 +14,11 @@ from ..generate import generate
 from ..shapes import measure, world
 
 EVAL_SEED = 10_007  # training used seed 0; these captions are drawn afresh
+OBJECTS = (1, 2, 3)  # how many objects a caption of the world asks for
+# the summed counts: per caption, and per number of objects asked; "more": miscounts that found too many
+KEYS = ("objects", "colour", "shape", "count", "sized", "size", "more") + tuple(
+    f"{w}{k}" for k in OBJECTS for w in ("asked", "right")
+)
 
 
 def fresh_captions(n: int, seed: int = EVAL_SEED) -> list[str]:
@@ -25,6 +30,8 @@ def score(caption: str, image) -> dict:
     asked = world.parse_caption(caption)
     found = measure.measure(np.asarray(image))
     r = {"objects": len(asked), "colour": 0, "shape": 0, "count": int(len(found) == len(asked)), "sized": 0, "size": 0}
+    # count, by how many objects the caption asks for, and how often a miscount is one object too many
+    r |= {f"asked{len(asked)}": 1, f"right{len(asked)}": r["count"], "more": int(len(found) > len(asked))}
     for a in asked:
         f = measure.find(found, colour=a["colour"])
         if f is None:
@@ -39,7 +46,7 @@ def score(caption: str, image) -> dict:
 
 def totals(pipe, captions: list[str], seeds: list[int], **generate_kwargs) -> dict[str, int]:
     """Summed :func:`score` counts of one batch of captions, each generated with its seed."""
-    out = dict.fromkeys(("objects", "colour", "shape", "count", "sized", "size"), 0)
+    out = dict.fromkeys(KEYS, 0)
     for c, im in zip(captions, generate(pipe, captions, seed=seeds, **generate_kwargs)):
         for k, v in score(c, im).items():
             out[k] += v
@@ -54,6 +61,9 @@ def fractions(t: dict[str, int], n: int) -> dict[str, float]:
         "shape": t["shape"] / t["objects"],
         "count": t["count"] / n,
         "size": t["size"] / max(1, t["sized"]),
+        # {objects asked: [captions, counted right]}, and the miscounts that found more objects than asked
+        "count_by_objects": {k: [t[f"asked{k}"], t[f"right{k}"]] for k in OBJECTS if t[f"asked{k}"]},
+        "miscounts_with_more": t["more"],
     }
 
 
@@ -68,7 +78,7 @@ def faithfulness(pipe, n: int = 200, seed: int = EVAL_SEED, batch: int = 16, **g
     checks.integer(n, "n", minimum=1, fix="Measure at least one caption.")
     checks.integer(batch, "batch", minimum=1)
     t0 = time.perf_counter()
-    summed = dict.fromkeys(("objects", "colour", "shape", "count", "sized", "size"), 0)
+    summed = dict.fromkeys(KEYS, 0)
     for caps, seeds in batches(n, seed, batch):
         for k, v in totals(pipe, caps, seeds, **generate_kwargs).items():
             summed[k] += v

@@ -46,7 +46,7 @@ class InversionSection:
                     getattr(joined, k).extend(getattr(r[m], k))
             recon[m] = joined.summary()
         size = contrastive_delta(ctx.pipe, "shapes/size")
-        edit_scenes = probe.held_out_scenes(ctx.pick(2, 16), seed=4_711, n_objects=2)
+        edit_scenes = probe.edit_scenes(ctx.pick(2, 16))  # subjects that can shrink, as benchmarks/inversion.py
         curves = ctx.workers.map(lambda s: probe.edit_curve(ctx.pipe, s, size), edit_scenes, desc="inversion: edits")
         rho = [c.rho for c in curves]
         leak = [c.leak for c in curves]
@@ -54,8 +54,8 @@ class InversionSection:
         numbers = {
             "reconstruction": {m: {k: v for k, v in r.items() if "seconds" not in k and k != "time_ratio"}
                                for m, r in recon.items()},
-            "edits": {"scenes": len(curves), "delay": probe.EDIT_DELAY, "alphas": list(probe.ALPHAS), "rho": rho,
-                      "leak": leak, "intact": intact},
+            "edits": {"scenes": len(curves), "subjects": "shrinkable", "delay": probe.EDIT_DELAY,
+                      "alphas": list(probe.ALPHAS), "rho": rho, "leak": leak, "intact": intact},
         }  # fmt: skip
         timings = {m: r["time_ratio"] for m, r in recon.items() if r.get("time_ratio") is not None}
         e = recon["exact"]

@@ -409,7 +409,7 @@ def parser() -> argparse.ArgumentParser:
         choices=sorted(world.MIXES),
         default="v1",
         help="scene distribution (world.MIXES): v1 = the shipped one; v2 = more multi-object "
-        "scenes, a third of them repeating a shape in different colours",
+        "scenes, a third of them repeating a shape in different colours; v3 = v2 with half the scenes three-object",
     )
     p.add_argument(
         "--mask-padding",
