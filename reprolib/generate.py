@@ -48,7 +48,7 @@ def prompt_at(i: int, plain: Embeddings, edited: Embeddings, first_edited: int, 
     """The text states of step ``i``: unedited before ``first_edited``, then α rising over ``fade`` steps."""
     if i < first_edited:
         return plain
-    if i >= first_edited + fade:
+    if i >= first_edited + fade or edited is plain:  # no edits: nothing to fade
         return edited
     return plain.towards(edited, (i - first_edited + 1) / (fade + 1))
 
