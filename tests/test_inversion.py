@@ -149,8 +149,8 @@ def test_the_edit_fades_in_over_the_steps_after_the_delay():
 
 
 def test_fading_the_edit_in_shrinks_a_subject_that_the_switch_breaks(shapes_pipe):
-    # benchmarks/inversion.py's edit scene 24: switched on at once, α = −1 leaves a corner of the old
-    # triangle joined to the shrunk one (bigger than at α = 0); faded in, the triangle shrinks with α
+    # benchmarks/inversion.py's edit scene 24 (rounded): switched on at once, α = −1 leaves the triangle
+    # bigger than at α = 0 (the old one is not cleared away); faded in, it shrinks with α
     caption = "a red triangle and a green circle"
     triangle = world.Obj("triangle", "red", 7.95, 47.74, 10.48)
     circle = world.Obj("circle", "green", 9.06, 41.43, 41.67)

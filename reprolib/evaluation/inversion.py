@@ -196,7 +196,7 @@ def edit_curve(
             delay=delay,
             local_blend=local_blend,
             fade_in=fade_in,
-        )  # fmt: skip
+        )
         for a in alphas
     ]
     t2 = time.perf_counter()
