@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import reprolib
+from reprolib import checks
 from reprolib.contrastive import contrastive_delta
 from reprolib.evaluation import inversion as probe
 from reprolib.inversion import ITERATIONS
@@ -116,7 +117,7 @@ def _fade(text: str):
     return None if text == "default" else float(text)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="shapes", help="shapes, or a shapes-world pipeline folder")
     p.add_argument("--scenes", type=int, default=32)
@@ -146,8 +147,11 @@ def main() -> None:
         help="edited subjects: shrinkable (above the small size bin, the bar's) or any size, side by side",
     )
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None)
-    a = p.parse_args()
+    p.add_argument("--json", default=None, help="also write every number to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    a = p.parse_args(argv)
+    if a.json:  # before the half hour of work, not after it
+        checks.output_path(a.json, "--json", overwrite=a.overwrite)
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = reprolib.load_pipeline(a.model)
@@ -168,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(checks.run_cli(main, prog="python benchmarks/inversion.py"))

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from reprolib import checks
 from reprolib.evaluation.attend_excite import attend_and_excite_cost
 from reprolib.evaluation.layout import DEFAULT_CASES, PAIR, layout_probe, methods
 from reprolib.layout import LayoutConfig
@@ -79,7 +80,10 @@ def main(argv=None) -> dict:
         help="Attend-and-Excite without its iterative refinement (the lower bound of its cost)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write every number to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     a = p.parse_args(argv)
+    if a.json:  # before the work, not after it
+        checks.output_path(a.json, "--json", overwrite=a.overwrite)
 
     from reprolib.attention import select_layers
     from reprolib.generate import defaults
@@ -161,4 +165,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(checks.run_cli(main, prog="python benchmarks/layout.py"))

@@ -36,6 +36,7 @@ from transformers import CLIPTextModelWithProjection
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPTextModelOutput
 
+from reprolib import checks
 from reprolib.architectures import FAMILIES, NATIVE_SIZE, TEXT_ENCODERS, parameter_counts, random_pipeline
 from reprolib.conditioning import Embeddings, TextConditioning
 from reprolib.device import pick_device, pick_dtype
@@ -63,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--scale-batch-size", type=int, default=4, help="α rows of a micro-step (the original's 4)")
     ap.add_argument("--max-rss-gb", type=float, default=12.0, help="stop a CPU measurement past this RSS")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ap.add_argument("--one", nargs=2, metavar=("FAMILY", "STEP"), help=argparse.SUPPRESS)  # a child's job
     return ap
 
@@ -249,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure(*args.one, args)), flush=True)
         return
+    if args.json:  # before the measurements, not after them
+        checks.output_path(args.json, "--json", overwrite=args.overwrite)
     rows = []
     for family in args.families:
         for step in args.steps:
@@ -260,4 +264,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(checks.run_cli(main, prog="python benchmarks/native_size.py"))

@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
 from reprolib.attention import AttentionStore, ProbsProcessor
+from reprolib.checks import InputError
 from reprolib.conditioning import TextConditioning
 from reprolib.generate import generate, initial_latents
 from reprolib.layout import (
@@ -456,6 +457,9 @@ def test_benchmark_script_runs_on_a_tiny_pipeline(tmp_path, capsys):
     assert saved["seeds"] == [0, 1] and set(saved["summary"]) == set(out["summary"])
     assert len(saved["runs"]) == 4 * 2 * 3
     assert saved["attend_and_excite"]["ratio"] > 0 and saved["attend_and_excite"]["token_indices"] == [3, 7]
+    with pytest.raises(InputError, match="--json: .*layout.json exists already; .* pass --overwrite"):
+        bench.main(["--model", "tiny-sd15", "--json", str(tmp_path / "layout.json")])  # refused before any work
+    assert json.loads((tmp_path / "layout.json").read_text()) == saved
 
 
 def test_batched_guidance_equals_one_image_at_a_time(sd15):
