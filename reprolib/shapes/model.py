@@ -12,6 +12,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from .tokenizer import MAX_LENGTH
 
 TEXT_DIM = 64
+TEXT_LAYERS = 3
+HEAD_DIM = 32  # the text encoder's heads: wider encoders get more heads of this width, not wider heads
 # SD's noise schedule, so the scheduler chapter and the guidance maths carry over unchanged
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -31,8 +33,9 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet() -> UNet2DConditionModel:
-    """Cross-attention at 16×16 and 8×8 (down and up) and in the 4×4 mid block.
+def build_unet(text_width: int = TEXT_DIM) -> UNet2DConditionModel:
+    """Cross-attention at 16×16 and 8×8 (down and up) and in the 4×4 mid block; keys and values read
+    ``text_width``-wide token states.
 
     Heads are 32 channels wide (diffusers' ``attention_head_dim`` here means the number of
     heads): with SD's default of 8 heads, a 32-channel layer gets 4-dim heads whose attention
@@ -46,21 +49,22 @@ def build_unet() -> UNet2DConditionModel:
         block_out_channels=(32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
+        cross_attention_dim=text_width,
         attention_head_dim=(1, 2, 2),
         norm_num_groups=16,
     )
 
 
-def build_text_encoder(tokenizer) -> CLIPTextModel:
+def build_text_encoder(tokenizer, width: int = TEXT_DIM, layers: int = TEXT_LAYERS) -> CLIPTextModel:
+    """A CLIP text encoder ``width`` wide (heads of ``HEAD_DIM``) with ``layers`` layers; v1–v3: 64, 3."""
     cfg = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_DIM,
-        intermediate_size=4 * TEXT_DIM,
-        num_hidden_layers=3,
-        num_attention_heads=2,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // HEAD_DIM,
         max_position_embeddings=MAX_LENGTH,
-        projection_dim=TEXT_DIM,
+        projection_dim=width,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

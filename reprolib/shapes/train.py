@@ -33,8 +33,17 @@ from tqdm.auto import tqdm
 from .. import checks
 from ..conditioning import padding_mask
 from ..files import atomic_write
-from . import grounding, world
-from .model import assemble, build_text_encoder, build_unet, build_vae, training_scheduler
+from . import grounding, grow, world
+from .model import (
+    HEAD_DIM,
+    TEXT_DIM,
+    TEXT_LAYERS,
+    assemble,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    training_scheduler,
+)
 from .tokenizer import load_tokenizer, save_tokenizer
 
 
@@ -271,6 +280,8 @@ def train_unet(
     ground_adjectives: bool = False,
     short_deltas: float | None = None,
     vae=None,
+    text_width: int = TEXT_DIM,
+    text_layers: int = TEXT_LAYERS,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
@@ -278,13 +289,15 @@ def train_unet(
     ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
-    see ``grounding``."""
+    see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size; a smaller ``init`` is grown
+    to it with its function kept (``grow``)."""
     ckpt = out / "unet.pt"
     torch.manual_seed(seed)  # initial weights
-    unet, text = build_unet(), build_text_encoder(tokenizer)
+    unet, text = build_unet(text_width), build_text_encoder(tokenizer, text_width, text_layers)
     if init is not None and not ckpt.exists():
-        c0 = torch.load(init)
-        unet.load_state_dict(c0["ema"]["unet"]), text.load_state_dict(c0["ema"]["text"])
+        c0 = torch.load(init)  # grown only where this run's encoder is bigger; otherwise copied as it is
+        text.load_state_dict(grow.grow_text_encoder(c0["ema"]["text"], text, seed))
+        unet.load_state_dict(grow.grow_unet(c0["ema"]["unet"], unet, seed))
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
@@ -370,11 +383,12 @@ def export(out: Path, dest: Path) -> Path:
     if (out / "decoder.pt").exists():  # a fine-tuned decoder (finetune_decoder)
         _load_decoder(vae, torch.load(out / "decoder.pt")["model"])
     c = torch.load(out / "unet.pt")
-    unet, text = build_unet(), build_text_encoder(tokenizer)
+    meta = json.loads((out / "run.json").read_text())
+    width, layers = meta.get("text_width", TEXT_DIM), meta.get("text_layers", TEXT_LAYERS)
+    unet, text = build_unet(width), build_text_encoder(tokenizer, width, layers)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
     pipe = assemble(vae, unet, text, tokenizer)
     pipe.save_pretrained(dest, safe_serialization=True)
-    meta = json.loads((out / "run.json").read_text())
     # steps in total, the starting point's included (a fine-tune's own are unet_steps_this_run)
     done = c["step"] + meta.get("init_step", 0)
     final = c["history"][-1]["loss"] if c["history"] else None
@@ -484,6 +498,19 @@ def parser() -> argparse.ArgumentParser:
         help="with --grounding: hold each object's colour and size words to its mask too, not only its noun",
     )
     p.add_argument(
+        "--text-width",
+        type=int,
+        default=TEXT_DIM,
+        help="the text encoder's width (heads of 32); with --init-from a narrower encoder is grown to it, its "
+        "function kept (reprolib.shapes.grow; 64 = v1-v3)",
+    )
+    p.add_argument(
+        "--text-layers",
+        type=int,
+        default=TEXT_LAYERS,
+        help="the text encoder's layers; with --init-from new layers start silent (3 = v1-v3)",
+    )
+    p.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -537,6 +564,8 @@ def _record(a, argv) -> dict:
         run["short_deltas"] = a.short_deltas
     if a.decoder_steps:
         run["decoder_steps"] = a.decoder_steps
+    if a.text_width != TEXT_DIM or a.text_layers != TEXT_LAYERS:
+        run.update(text_width=a.text_width, text_layers=a.text_layers)
     return run
 
 
@@ -569,6 +598,27 @@ def _check(a) -> None:
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     checks.count(a.threads, "--threads")
+    checks.integer(a.text_layers, "--text-layers", minimum=1)
+    if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
+        raise checks.InputError(f"--text-width must be a multiple of {HEAD_DIM} (the heads' width), got {a.text_width}")
+    if a.init_from and (a.init_from / "unet.pt").exists():
+        old = torch.load(a.init_from / "unet.pt")["ema"]["text"]
+        width, layers = old[grow.TOKEN_EMBEDDING].shape[1], grow.layer_count(old)
+        if a.text_width % width or a.text_layers < layers:
+            raise checks.InputError(
+                f"--text-width {a.text_width} / --text-layers {a.text_layers}: --init-from {a.init_from} has a text"
+                f" encoder {width} wide with {layers} layers; grow it (a whole multiple of {width} wide,"
+                f" at least {layers} layers) or leave both options out"
+            )
+    resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
+    if resumed:  # a resumed run keeps its encoder's size (an export reads it from run.json)
+        past = json.loads((a.out / "run.json").read_text())
+        size = past.get("text_width", TEXT_DIM), past.get("text_layers", TEXT_LAYERS)
+        if size != (a.text_width, a.text_layers):
+            raise checks.InputError(
+                f"--text-width {a.text_width} / --text-layers {a.text_layers}: {a.out} was trained with"
+                f" {size[0]} / {size[1]}; pass those to resume it, or start a new --out"
+            )
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
 
@@ -641,6 +691,8 @@ def main(argv=None) -> None:
         ground_adjectives=a.ground_adjectives,
         short_deltas=a.short_deltas,
         vae=vae,
+        text_width=a.text_width,
+        text_layers=a.text_layers,
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")

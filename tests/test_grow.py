@@ -1,0 +1,94 @@
+"""Growing the shapes world's text encoder wider or deeper keeps what the model computes."""
+
+import json
+
+import pytest
+import torch
+
+from reprolib.checks import InputError
+from reprolib.shapes import grow, train
+from reprolib.shapes.model import build_text_encoder, build_unet
+from reprolib.shapes.tokenizer import load_tokenizer, save_tokenizer
+
+CAPTIONS = ["a red circle and a big green square", "a small blue triangle"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_tokenizer(save_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def _trained_like(module):
+    """Random weights of a trained model's scale (an initialised CLIP's layer norms are exactly 1 and 0)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def test_a_grown_encoder_and_unet_predict_the_same_noise(tokenizer):
+    small, unet = _trained_like(build_text_encoder(tokenizer)), _trained_like(build_unet())
+    big, wide_unet = build_text_encoder(tokenizer, width=128, layers=5), build_unet(text_width=128)
+    big.load_state_dict(grow.grow_text_encoder(small.state_dict(), big))
+    wide_unet.load_state_dict(grow.grow_unet(unet.state_dict(), wide_unet))
+    ids = tokenizer(CAPTIONS, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    x, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([900, 300])
+    with torch.no_grad():
+        states, grown = small(ids.input_ids)[0], big.eval()(ids.input_ids)[0]
+        torch.testing.assert_close(grown, torch.cat([states, states], -1), atol=1e-5, rtol=1e-5)
+        noise = wide_unet.eval()(x, t, grown).sample
+        torch.testing.assert_close(noise, unet(x, t, states).sample, atol=1e-5, rtol=1e-5)
+    assert grow.layer_count(big.state_dict()) == 5
+
+
+def test_the_copies_of_a_grown_state_can_drift_apart(tokenizer):
+    """The split weights sum to the old one but differ, so the two copies of a state get different gradients."""
+    small = _trained_like(build_text_encoder(tokenizer))
+    big = build_text_encoder(tokenizer, width=128)
+    big.load_state_dict(grow.grow_text_encoder(small.state_dict(), big))
+    w, old = big.state_dict()["encoder.layers.0.mlp.fc2.weight"], small.state_dict()["encoder.layers.0.mlp.fc2.weight"]
+    parts = w[:64].split(256, dim=1)
+    torch.testing.assert_close(parts[0] + parts[1], old)
+    assert not torch.allclose(parts[0], parts[1])
+    ids = tokenizer(CAPTIONS, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    big.train()(ids.input_ids)[0].pow(2).sum().backward()
+    g = big.embeddings.token_embedding.weight.grad
+    assert not torch.allclose(g[:, :64], g[:, 64:])
+
+
+BASE = ["--scenes", "64", "--batch", "4"]
+
+
+@pytest.fixture(scope="module")
+def v1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("v1")
+    train.main(["--out", str(out), "--vae-steps", "1", "--unet-steps", "1"] + BASE)
+    return str(out)
+
+
+def test_training_grows_a_run_and_exports_the_grown_model(tmp_path, v1):
+    grown = BASE + ["--init-from", v1, "--text-width", "128", "--text-layers", "4"]
+    train.main(["--out", str(tmp_path / "w")] + grown + ["--unet-steps", "1"])
+    run = json.loads((tmp_path / "w" / "run.json").read_text())
+    assert (run["text_width"], run["text_layers"]) == (128, 4)
+    with pytest.raises(InputError, match="--text-width 64 / --text-layers 3: .* was trained with 128 / 4"):
+        train.main(["--out", str(tmp_path / "w")] + BASE + ["--init-from", v1, "--unet-steps", "2"])
+    train.main(["--out", str(tmp_path / "w"), "--export", str(tmp_path / "pipe")])
+    cfg = json.loads((tmp_path / "pipe" / "text_encoder" / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (128, 4, 4)
+    unet = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
+    assert unet["cross_attention_dim"] == 128
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--text-width", "96"], "--text-width 96 / --text-layers 3: --init-from .* 64 wide"),
+        (["--text-layers", "2"], "--text-width 64 / --text-layers 2: --init-from .* 3 layers"),
+        (["--text-width", "100"], "--text-width must be a multiple of 32"),
+    ],
+)
+def test_a_text_encoder_that_cannot_grow_from_the_init_is_named(tmp_path, v1, flags, named):
+    with pytest.raises(InputError, match=named):
+        train.main(["--out", str(tmp_path / "bad"), "--init-from", v1] + BASE + flags)
