@@ -255,6 +255,18 @@ def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, name_size, tok
     return (xt, noise, cond, object_masks), ratio
 
 
+def _models(tokenizer, init: Path | None, seed: int, width: int, layers: int):
+    """The UNet and text encoder: fresh (seeded), or ``init``'s EMA weights, grown where this run's encoder is
+    bigger (``grow``; copied as they are otherwise)."""
+    torch.manual_seed(seed)
+    unet, text = build_unet(width), build_text_encoder(tokenizer, width, layers)
+    if init is not None:
+        c0 = torch.load(init)
+        text.load_state_dict(grow.grow_text_encoder(c0["ema"]["text"], text, seed))
+        unet.load_state_dict(grow.grow_unet(c0["ema"]["unet"], unet, seed))
+    return unet, text
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -292,12 +304,7 @@ def train_unet(
     see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size; a smaller ``init`` is grown
     to it with its function kept (``grow``)."""
     ckpt = out / "unet.pt"
-    torch.manual_seed(seed)  # initial weights
-    unet, text = build_unet(text_width), build_text_encoder(tokenizer, text_width, text_layers)
-    if init is not None and not ckpt.exists():
-        c0 = torch.load(init)  # grown only where this run's encoder is bigger; otherwise copied as it is
-        text.load_state_dict(grow.grow_text_encoder(c0["ema"]["text"], text, seed))
-        unet.load_state_dict(grow.grow_unet(c0["ema"]["unet"], unet, seed))
+    unet, text = _models(tokenizer, init if not ckpt.exists() else None, seed, text_width, text_layers)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
