@@ -76,10 +76,14 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
         f"iterations; delay {delay}; fade-in {'default' if fade_in is None else fade_in}; local blend {blend}), "
         f"α ∈ {list(probe.ALPHAS)}"
     )
-    share = np.mean(rhos >= 0.95)
-    print(f"  ρ(α, area) per curve: min {rhos.min():.3f}  mean {rhos.mean():.3f}  (share ≥ 0.95: {share:.2f})")
+    share, undefined = np.mean(rhos >= 0.95), int(np.isnan(rhos).sum())
+    print(
+        f"  ρ(α, area) per curve: min {np.nanmin(rhos):.3f}  mean {_finite_mean(rhos):.3f}  (share ≥ 0.95: {share:.2f})"
+        # a curve with no ρ (too few frames, or a flat area) fails the bar; it is not left out
+        + (f"; {undefined} without ρ (subject in < 3 frames, or a flat area), counted as failing" if undefined else "")
+    )
     if share < 1:
-        print(f"    curves under 0.95: {[i for i, r in enumerate(rhos) if r < 0.95]}")
+        print(f"    curves under 0.95: {[i for i, r in enumerate(rhos) if not r >= 0.95]}")
     print(
         f"  other object's change ÷ edited one's: max {leaks.max():.3f}  mean {_finite_mean(leaks):.3f}  "
         f"(share ≤ 0.15: {np.mean(leaks <= 0.15):.2f})" + _unbounded(leaks)
