@@ -80,6 +80,14 @@ def test_hooked_probabilities_equal_the_recorded_maps_and_keep_their_graph():
     assert not any(m._forward_hooks for m in unet.modules())  # hooks removed
 
 
+def test_outer_grounding_leaves_the_mid_block_free():
+    unet = build_unet()
+    with grounding.cross_attention_probs(unet, grounding.GROUNDED_LAYERS["outer"]) as maps:
+        unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 6, 64))
+    sides = sorted({int(m.shape[2] ** 0.5) for m in maps.values()})
+    assert sides == [8, 16] and len(maps) == len(cross_attention_layers(unet)) - 1  # all but the 4×4 mid block
+
+
 def _maps(side, inside: bool):
     """One layer: all of token 1's attention on the top-left quarter (inside) or the bottom-right one."""
     a = torch.zeros(1, 1, side, side, 3)
@@ -124,6 +132,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
+    levers += ["--grounding-layers", "outer"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -131,7 +140,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
-    assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3
+    assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
@@ -160,6 +169,8 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
     with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
         train.main(["--out", str(tmp_path / "bad"), "--ground-adjectives"] + base)
+    with pytest.raises(InputError, match="--grounding-layers outer needs --grounding > 0"):
+        train.main(["--out", str(tmp_path / "bad"), "--grounding-layers", "outer"] + base)
 
 
 def _words_of(tokenizer, row):

@@ -246,13 +246,19 @@ def drop_attributes(mask: torch.Tensor, attributes: torch.Tensor, p: float, gene
     return mask * ~(attributes & rows[:, None])
 
 
+# which cross-attention layers the grounding loss holds: every one, or those at 16×16 and 8×8 (the ones #13's
+# localisation bar names), leaving the 4×4 mid block free to plan the whole picture
+GROUNDED_LAYERS = {"all": (), "outer": ("mid_block",)}
+
+
 @contextmanager
-def cross_attention_probs(unet):
+def cross_attention_probs(unet, skip: tuple[str, ...] = ()):
     """Collect every cross-attention layer's probabilities, with their graph, while the UNet runs.
 
     A forward hook recomputes them from the layer's own projections with diffusers' ``get_attention_scores``
     (the training step keeps its fast fused attention). Yields a dict layer → (batch, heads, queries, tokens).
-    (``reprolib.attention`` records maps for the method; this unit sits below it.)
+    (``reprolib.attention`` records maps for the method; this unit sits below it.) ``skip``: name prefixes of
+    layers left out.
     """
     maps: dict[str, torch.Tensor] = {}
 
@@ -271,7 +277,7 @@ def cross_attention_probs(unet):
     handles = [
         m.register_forward_hook(hook(n), with_kwargs=True)
         for n, m in unet.named_modules()
-        if getattr(m, "is_cross_attention", False)
+        if getattr(m, "is_cross_attention", False) and not n.startswith(skip)
     ]
     try:
         yield maps

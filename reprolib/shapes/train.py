@@ -284,6 +284,7 @@ def train_unet(
     warmup: int = 0,
     scenes: list | None = None,
     grounding_weight: float = 0.0,
+    grounding_layers: str = "all",
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
@@ -298,7 +299,8 @@ def train_unet(
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``grounding_weight`` / ``attribute_dropout`` / ``token_swap`` / ``swap_reach`` / ``swap_late`` /
+    ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``attribute_dropout`` /
+    ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size; a smaller ``init`` is grown
@@ -356,7 +358,8 @@ def train_unet(
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
             mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
-        with grounding.cross_attention_probs(unet) if grounding_weight else contextlib.nullcontext({}) as maps:
+        skip = grounding.GROUNDED_LAYERS[grounding_layers]
+        with grounding.cross_attention_probs(unet, skip) if grounding_weight else contextlib.nullcontext({}) as maps:
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
@@ -459,6 +462,12 @@ def parser() -> argparse.ArgumentParser:
         "(reprolib.shapes.grounding; 0 = off, the v1/v2 recipe)",
     )
     p.add_argument(
+        "--grounding-layers",
+        choices=list(grounding.GROUNDED_LAYERS),
+        default="all",
+        help="with --grounding: the layers it holds: all, or outer (16x16 and 8x8; the 4x4 mid block left free)",
+    )
+    p.add_argument(
         "--attribute-dropout",
         type=float,
         default=0.0,
@@ -555,6 +564,8 @@ def _record(a, argv) -> dict:
         run["mask_padding"] = True
     if a.grounding:
         run["grounding"] = a.grounding
+    if a.grounding_layers != "all":
+        run["grounding_layers"] = a.grounding_layers
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
     if a.token_swap:
@@ -602,6 +613,8 @@ def _check(a) -> None:
             raise checks.InputError(f"--short-deltas is a share of the token's length, > 0; got {a.short_deltas}")
         if not a.token_swap:
             raise checks.InputError(f"--short-deltas {a.short_deltas} needs --token-swap > 0 (it measures swaps)")
+    if a.grounding_layers != "all" and not a.grounding:
+        raise checks.InputError(f"--grounding-layers {a.grounding_layers} needs --grounding > 0 (it picks its layers)")
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     checks.count(a.threads, "--threads")
@@ -690,6 +703,7 @@ def main(argv=None) -> None:
         warmup=a.warmup,
         scenes=scenes,
         grounding_weight=a.grounding,
+        grounding_layers=a.grounding_layers,
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,
