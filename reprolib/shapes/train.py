@@ -319,7 +319,7 @@ def train_unet(
         _save_atomic(_state(unet, text, opt) | {"ema": ema, "step": 0, "history": []}, ckpt)
     if start >= steps:
         return unet, text, ema, history
-    sched = training_scheduler()
+    sched, skip = training_scheduler(), grounding.GROUNDED_LAYERS[grounding_layers]
     ids = tokenizer(
         captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
     ).input_ids
@@ -358,7 +358,6 @@ def train_unet(
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
             mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
-        skip = grounding.GROUNDED_LAYERS[grounding_layers]
         with grounding.cross_attention_probs(unet, skip) if grounding_weight else contextlib.nullcontext({}) as maps:
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
