@@ -26,14 +26,14 @@ def layer_count(state: dict) -> int:
 
 
 def _widen(old: torch.Tensor, shape: torch.Size, *, reads_copies: bool, g: torch.Generator) -> torch.Tensor:
-    """``old`` grown to ``shape``: outputs tiled; with ``reads_copies`` the last dim is split into parts."""
-    if old.shape == shape:
-        return old.clone()
-    k_out = shape[0] // old.shape[0]
-    new = old.repeat(k_out, *([1] * (old.dim() - 1)))
-    if old.dim() == 1 or not reads_copies or shape[-1] == old.shape[-1]:
-        return new if new.dim() == 1 or new.shape[-1] == shape[-1] else new.repeat(1, shape[-1] // new.shape[-1])
+    """``old`` grown to ``shape``: outputs tiled; with ``reads_copies`` the last dim is split into parts
+    (an embedding's last dim is the state it writes, so it is tiled)."""
+    new = old.repeat(shape[0] // old.shape[0], *([1] * (old.dim() - 1)))
+    if new.shape == shape:
+        return new
     k_in = shape[-1] // old.shape[-1]
+    if not reads_copies:
+        return new.repeat(1, k_in)
     noise = torch.randn(k_in, *new.shape, generator=g) * SPLIT_NOISE * old.std()
     noise -= noise.mean(0)  # the parts still sum to the old weight
     return torch.cat([new / k_in + n for n in noise], dim=-1)

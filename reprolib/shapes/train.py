@@ -255,6 +255,11 @@ def _swap(scenes, ids, positions, batch, t, g, *, p, reach, late, name_size, tok
     return (xt, noise, cond, object_masks), ratio
 
 
+def _text_size(run: dict) -> tuple[int, int]:
+    """(width, layers) of the text encoder a run.json describes (v1–v3 runs record neither)."""
+    return run.get("text_width", TEXT_DIM), run.get("text_layers", TEXT_LAYERS)
+
+
 def _models(tokenizer, init: Path | None, seed: int, width: int, layers: int):
     """The UNet and text encoder: fresh (seeded), or ``init``'s EMA weights, grown where this run's encoder is
     bigger (``grow``; copied as they are otherwise)."""
@@ -393,7 +398,7 @@ def export(out: Path, dest: Path) -> Path:
         _load_decoder(vae, torch.load(out / "decoder.pt")["model"])
     c = torch.load(out / "unet.pt")
     meta = json.loads((out / "run.json").read_text())
-    width, layers = meta.get("text_width", TEXT_DIM), meta.get("text_layers", TEXT_LAYERS)
+    width, layers = _text_size(meta)
     unet, text = build_unet(width), build_text_encoder(tokenizer, width, layers)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
     pipe = assemble(vae, unet, text, tokenizer)
@@ -631,8 +636,7 @@ def _check(a) -> None:
             )
     resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
     if resumed:  # a resumed run keeps its encoder's size (an export reads it from run.json)
-        past = json.loads((a.out / "run.json").read_text())
-        size = past.get("text_width", TEXT_DIM), past.get("text_layers", TEXT_LAYERS)
+        size = _text_size(json.loads((a.out / "run.json").read_text()))
         if size != (a.text_width, a.text_layers):
             raise checks.InputError(
                 f"--text-width {a.text_width} / --text-layers {a.text_layers}: {a.out} was trained with"
