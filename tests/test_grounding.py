@@ -112,6 +112,15 @@ def test_grounding_loss_is_zero_inside_one_outside_and_ignores_missing_objects()
     # of the 48 outside, so 8 of its 56 inside; the loss is the mean over both words
     two = torch.tensor([[1, -1, -1, 2, -1, -1]])
     assert float(grounding.grounding_loss(_maps(8, True), two, masks)) == pytest.approx((0 + (1 - 8 / 56) ** 2) / 2)
+    # rows left out (--grounding-max-t: the noisiest timesteps) do not count
+    outside = _maps(8, False)
+    both = {"layer": torch.cat([_maps(8, True)["layer"], outside["layer"]])}
+    pos2, masks2 = pos.repeat(2, 1), masks.repeat(2, 1, 1, 1)
+    assert float(grounding.grounding_loss(both, pos2, masks2)) == pytest.approx(0.5)
+    held = torch.tensor([True, False])
+    assert float(grounding.grounding_loss(both, pos2, masks2, held)) == pytest.approx(0.0, abs=1e-6)
+    assert float(grounding.grounding_loss(both, pos2, masks2, ~held)) == pytest.approx(1.0)
+    assert float(grounding.grounding_loss(both, pos2, masks2, torch.tensor([False, False]))) == 0.0
 
 
 def test_attribute_dropout_hides_only_colour_and_size_words(tokenizer):
@@ -132,7 +141,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
-    levers += ["--grounding-layers", "outer"]
+    levers += ["--grounding-layers", "outer", "--grounding-max-t", "500"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -141,6 +150,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
     assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
+    assert run["grounding_max_t"] == 500
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
@@ -171,6 +181,10 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--ground-adjectives"] + base)
     with pytest.raises(InputError, match="--grounding-layers outer needs --grounding > 0"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding-layers", "outer"] + base)
+    with pytest.raises(InputError, match="--grounding-max-t 500 needs --grounding > 0"):
+        train.main(["--out", str(tmp_path / "bad"), "--grounding-max-t", "500"] + base)
+    with pytest.raises(InputError, match="--grounding-max-t is a training timestep, 1 to 1000; got 1001"):
+        train.main(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--grounding-max-t", "1001"] + base)
 
 
 def _words_of(tokenizer, row):

@@ -3,7 +3,8 @@
 * **Grounding loss** (as TokenCompose, Wang et al. 2024, does for SD with segmentation masks): in every
   cross-attention layer, each noun's attention should fall on its object. The loss is the same energy
   layout guidance lowers at sampling time, (1 − Σ_object A / Σ A)², here with the renderer's exact
-  soft masks, averaged over the objects and layers of the batch.
+  soft masks, averaged over the objects and layers of the batch. ``--grounding-max-t`` holds it only at
+  the less noisy timesteps (measured in session 14: it does not give back the object count either).
 * **Attribute dropout**: for a share of the captions, the colour and size words are hidden from the
   UNet's cross-attention (the causal text encoder still reads them), so the UNet learns to draw an
   object from its noun token alone, the token an attribute delta edits.
@@ -286,14 +287,17 @@ def cross_attention_probs(unet, skip: tuple[str, ...] = ()):
             handle.remove()
 
 
-def grounding_loss(maps: dict[str, torch.Tensor], positions: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def grounding_loss(
+    maps: dict[str, torch.Tensor], positions: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over layers and objects of (1 − attention inside the object ÷ all its attention)².
 
     ``maps``: layer → (batch, heads, h·w, tokens) attention probabilities (with their graph). ``positions``
     (batch, k·objects) may hold k words per object, as ``phrase_targets`` gives, each held to its object's mask.
+    ``rows``: (batch,) bool, the rows held (default all; ``--grounding-max-t`` leaves the noisiest out).
     """
     masks = masks.repeat(1, positions.shape[1] // masks.shape[1], 1, 1)
-    valid = positions >= 0
+    valid = positions >= 0 if rows is None else (positions >= 0) & rows[:, None]
     if not valid.any():
         return torch.zeros(())
     idx = positions.clamp_min(0)

@@ -36,6 +36,7 @@ from ..files import atomic_write
 from . import grounding, grow, world
 from .model import (
     HEAD_DIM,
+    SCHEDULE,
     TEXT_DIM,
     TEXT_LAYERS,
     assemble,
@@ -290,6 +291,7 @@ def train_unet(
     scenes: list | None = None,
     grounding_weight: float = 0.0,
     grounding_layers: str = "all",
+    grounding_max_t: int | None = None,
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
@@ -304,7 +306,8 @@ def train_unet(
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``attribute_dropout`` /
+    ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
+    only at timesteps below it) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
@@ -367,7 +370,8 @@ def train_unet(
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
-            loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks)
+            held = None if grounding_max_t is None else t < grounding_max_t
+            loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks, held)
         if short_deltas is not None and token_swap and len(ratio):  # ratio exists only with swaps
             loss = loss + grounding.SHORT_WEIGHT * grounding.change_penalty(ratio, short_deltas)
         opt.zero_grad(set_to_none=True)
@@ -472,6 +476,13 @@ def parser() -> argparse.ArgumentParser:
         help="with --grounding: the layers it holds: all, or outer (16x16 and 8x8; the 4x4 mid block left free)",
     )
     p.add_argument(
+        "--grounding-max-t",
+        type=int,
+        default=None,
+        help="with --grounding: hold it only at timesteps below this (default: all); at the noisiest steps the "
+        "picture does not yet say where an object will be",
+    )
+    p.add_argument(
         "--attribute-dropout",
         type=float,
         default=0.0,
@@ -570,6 +581,8 @@ def _record(a, argv) -> dict:
         run["grounding"] = a.grounding
     if a.grounding_layers != "all":
         run["grounding_layers"] = a.grounding_layers
+    if a.grounding_max_t is not None:
+        run["grounding_max_t"] = a.grounding_max_t
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
     if a.token_swap:
@@ -621,6 +634,12 @@ def _check(a) -> None:
         raise checks.InputError(f"--grounding-layers {a.grounding_layers} needs --grounding > 0 (it picks its layers)")
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
+    if a.grounding_max_t is not None:
+        last = SCHEDULE["num_train_timesteps"]
+        if not 1 <= checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) <= last:
+            raise checks.InputError(f"--grounding-max-t is a training timestep, 1 to {last}; got {a.grounding_max_t}")
+        if not a.grounding:
+            raise checks.InputError(f"--grounding-max-t {a.grounding_max_t} needs --grounding > 0 (it limits it)")
     checks.count(a.threads, "--threads")
     checks.integer(a.text_layers, "--text-layers", minimum=1)
     if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
@@ -707,6 +726,7 @@ def main(argv=None) -> None:
         scenes=scenes,
         grounding_weight=a.grounding,
         grounding_layers=a.grounding_layers,
+        grounding_max_t=a.grounding_max_t,
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,
