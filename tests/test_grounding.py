@@ -80,12 +80,15 @@ def test_hooked_probabilities_equal_the_recorded_maps_and_keep_their_graph():
     assert not any(m._forward_hooks for m in unet.modules())  # hooks removed
 
 
-def test_outer_grounding_leaves_the_mid_block_free():
+def test_grounded_layers_leave_the_skipped_blocks_free():
     unet = build_unet()
     with grounding.cross_attention_probs(unet, grounding.GROUNDED_LAYERS["outer"]) as maps:
         unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 6, 64))
     sides = sorted({int(m.shape[2] ** 0.5) for m in maps.values()})
     assert sides == [8, 16] and len(maps) == len(cross_attention_layers(unet)) - 1  # all but the 4×4 mid block
+    with grounding.cross_attention_probs(unet, grounding.GROUNDED_LAYERS["16x16"]) as maps:
+        unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 6, 64))
+    assert {int(m.shape[2] ** 0.5) for m in maps.values()} == {16} and len(maps) == 3  # down 0, up 2 (two)
 
 
 def _maps(side, inside: bool):

@@ -247,9 +247,14 @@ def drop_attributes(mask: torch.Tensor, attributes: torch.Tensor, p: float, gene
     return mask * ~(attributes & rows[:, None])
 
 
-# which cross-attention layers the grounding loss holds: every one, or those at 16×16 and 8×8 (the ones #13's
-# localisation bar names), leaving the 4×4 mid block free to plan the whole picture
-GROUNDED_LAYERS = {"all": (), "outer": ("mid_block",)}
+# which cross-attention layers the grounding loss holds (by the name prefixes it skips): every one; those at
+# 16×16 and 8×8 (the ones #13's localisation bar names), leaving the 4×4 mid block free to plan the whole
+# picture; or the 16×16 ones alone (plain training already localises at 8×8), leaving the planning layers free
+GROUNDED_LAYERS = {
+    "all": (),
+    "outer": ("mid_block",),
+    "16x16": ("mid_block", "down_blocks.1", "up_blocks.1"),
+}
 
 
 @contextmanager

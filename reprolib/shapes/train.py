@@ -473,7 +473,8 @@ def parser() -> argparse.ArgumentParser:
         "--grounding-layers",
         choices=list(grounding.GROUNDED_LAYERS),
         default="all",
-        help="with --grounding: the layers it holds: all, or outer (16x16 and 8x8; the 4x4 mid block left free)",
+        help="with --grounding: the layers it holds: all, outer (16x16 and 8x8; the 4x4 mid block left free) or "
+        "16x16 (those alone)",
     )
     p.add_argument(
         "--grounding-max-t",
