@@ -4,7 +4,8 @@
   cross-attention layer, each noun's attention should fall on its object. The loss is the same energy
   layout guidance lowers at sampling time, (1 − Σ_object A / Σ A)², here with the renderer's exact
   soft masks, averaged over the objects and layers of the batch. ``--grounding-max-t`` holds it only at
-  the less noisy timesteps (measured in session 14: it does not give back the object count either).
+  the less noisy timesteps, ``--grounding-layers`` only in some layers (measured in session 14: neither gives
+  the object count back).
 * **Attribute dropout**: for a share of the captions, the colour and size words are hidden from the
   UNet's cross-attention (the causal text encoder still reads them), so the UNet learns to draw an
   object from its noun token alone, the token an attribute delta edits.

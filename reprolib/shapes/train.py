@@ -637,7 +637,7 @@ def _check(a) -> None:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     if a.grounding_max_t is not None:
         last = SCHEDULE["num_train_timesteps"]
-        if not 1 <= checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) <= last:
+        if checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) > last:
             raise checks.InputError(f"--grounding-max-t is a training timestep, 1 to {last}; got {a.grounding_max_t}")
         if not a.grounding:
             raise checks.InputError(f"--grounding-max-t {a.grounding_max_t} needs --grounding > 0 (it limits it)")
