@@ -91,6 +91,29 @@ def test_grounded_layers_leave_the_skipped_blocks_free():
     assert {int(m.shape[2] ** 0.5) for m in maps.values()} == {16} and len(maps) == 3  # down 0, up 2 (two)
 
 
+def test_grounding_through_keys_or_queries_moves_only_that_side():
+    torch.manual_seed(0)
+    unet = build_unet()
+    attn = unet.get_submodule(cross_attention_layers(unet)[-1][0])  # the last: no map reads its output
+    grads = {}
+    for through in grounding.GROUNDING_THROUGH:
+        unet.zero_grad(set_to_none=True)
+        cond = torch.randn(1, 6, 64, requires_grad=True)
+        with grounding.cross_attention_probs(unet, through=through) as maps:
+            unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=cond)
+        sum(m[..., 1].square().sum() for m in maps.values()).backward()  # the maps alone, not the UNet's output
+        grads[through] = (attn.to_q.weight.grad, attn.to_k.weight.grad, cond.grad)
+    q, k, text = grads["both"]
+    assert q.abs().sum() > 0 and k.abs().sum() > 0 and text.abs().sum() > 0
+    q, k, text = grads["keys"]
+    assert q is None and k.abs().sum() > 0 and text.abs().sum() > 0  # to_k and the text states move
+    q, k, _ = grads["queries"]  # the text still moves, through the features of the layers below
+    assert q.abs().sum() > 0 and k is None  # to_q and the UNet's features move, this layer's keys do not
+    with pytest.raises(ValueError, match="through='values'"):
+        with grounding.cross_attention_probs(unet, through="values"):
+            pass
+
+
 def _maps(side, inside: bool):
     """One layer: all of token 1's attention on the top-left quarter (inside) or the bottom-right one."""
     a = torch.zeros(1, 1, side, side, 3)
@@ -144,7 +167,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
-    levers += ["--grounding-layers", "outer", "--grounding-max-t", "500"]
+    levers += ["--grounding-layers", "outer", "--grounding-max-t", "500", "--grounding-through", "keys"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -153,7 +176,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
     assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
-    assert run["grounding_max_t"] == 500
+    assert run["grounding_max_t"] == 500 and run["grounding_through"] == "keys"
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
@@ -186,6 +209,8 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train.main(["--out", str(tmp_path / "bad"), "--grounding-layers", "outer"] + base)
     with pytest.raises(InputError, match="--grounding-max-t 500 needs --grounding > 0"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding-max-t", "500"] + base)
+    with pytest.raises(InputError, match="--grounding-through queries needs --grounding > 0"):
+        train.main(["--out", str(tmp_path / "bad"), "--grounding-through", "queries"] + base)
     with pytest.raises(InputError, match="--grounding-max-t is a training timestep, 1 to 1000; got 1001"):
         train.main(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--grounding-max-t", "1001"] + base)
 

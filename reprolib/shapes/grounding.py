@@ -5,7 +5,7 @@
   layout guidance lowers at sampling time, (1 − Σ_object A / Σ A)², here with the renderer's exact
   soft masks, averaged over the objects and layers of the batch. ``--grounding-max-t`` holds it only at
   the less noisy timesteps, ``--grounding-layers`` only in some layers (measured in session 14: neither gives
-  the object count back).
+  the object count back), ``--grounding-through`` moves only the keys or only the queries.
 * **Attribute dropout**: for a share of the captions, the colour and size words are hidden from the
   UNet's cross-attention (the causal text encoder still reads them), so the UNet learns to draw an
   object from its noun token alone, the token an attribute delta edits.
@@ -258,15 +258,23 @@ GROUNDED_LAYERS = {
 }
 
 
+# which side of each grounded layer the grounding loss's gradient reaches: both; the keys alone (the layer's
+# to_k and the text states; the picture's features left to the diffusion loss); or the queries alone (to_q
+# and, through the picture's features, the layers below; the layer's own keys untouched)
+GROUNDING_THROUGH = ("both", "keys", "queries")
+
+
 @contextmanager
-def cross_attention_probs(unet, skip: tuple[str, ...] = ()):
+def cross_attention_probs(unet, skip: tuple[str, ...] = (), through: str = "both"):
     """Collect every cross-attention layer's probabilities, with their graph, while the UNet runs.
 
     A forward hook recomputes them from the layer's own projections with diffusers' ``get_attention_scores``
     (the training step keeps its fast fused attention). Yields a dict layer → (batch, heads, queries, tokens).
     (``reprolib.attention`` records maps for the method; this unit sits below it.) ``skip``: name prefixes of
-    layers left out.
+    layers left out; ``through``: one of ``GROUNDING_THROUGH``, the side the maps' graph keeps.
     """
+    if through not in GROUNDING_THROUGH:
+        raise ValueError(f"through={through!r}: choose one of {GROUNDING_THROUGH}")
     maps: dict[str, torch.Tensor] = {}
 
     def hook(name):
@@ -274,6 +282,7 @@ def cross_attention_probs(unet, skip: tuple[str, ...] = ()):
             h = args[0] if args else kwargs["hidden_states"]
             enc, bias = kwargs["encoder_hidden_states"], kwargs.get("attention_mask")
             q, k = mod.head_to_batch_dim(mod.to_q(h)), mod.head_to_batch_dim(mod.to_k(enc))
+            q, k = (q.detach(), k) if through == "keys" else (q, k.detach()) if through == "queries" else (q, k)
             if bias is not None:
                 bias = mod.prepare_attention_mask(bias, enc.shape[1], h.shape[0])
             p = mod.get_attention_scores(q, k, bias)

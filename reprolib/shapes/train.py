@@ -292,6 +292,7 @@ def train_unet(
     grounding_weight: float = 0.0,
     grounding_layers: str = "all",
     grounding_max_t: int | None = None,
+    grounding_through: str = "both",
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
@@ -307,7 +308,7 @@ def train_unet(
     a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
     ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
-    only at timesteps below it) / ``attribute_dropout`` /
+    only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
@@ -366,7 +367,11 @@ def train_unet(
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
             mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
-        with grounding.cross_attention_probs(unet, skip) if grounding_weight else contextlib.nullcontext({}) as maps:
+        with (
+            grounding.cross_attention_probs(unet, skip, grounding_through)
+            if grounding_weight
+            else contextlib.nullcontext({}) as maps
+        ):
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
@@ -484,6 +489,13 @@ def parser() -> argparse.ArgumentParser:
         "picture does not yet say where an object will be",
     )
     p.add_argument(
+        "--grounding-through",
+        choices=grounding.GROUNDING_THROUGH,
+        default="both",
+        help="with --grounding: the side its gradient reaches in each layer: both, keys (to_k and the text "
+        "states) or queries (to_q and the UNet's features below it)",
+    )
+    p.add_argument(
         "--attribute-dropout",
         type=float,
         default=0.0,
@@ -584,6 +596,8 @@ def _record(a, argv) -> dict:
         run["grounding_layers"] = a.grounding_layers
     if a.grounding_max_t is not None:
         run["grounding_max_t"] = a.grounding_max_t
+    if a.grounding_through != "both":
+        run["grounding_through"] = a.grounding_through
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
     if a.token_swap:
@@ -633,6 +647,8 @@ def _check(a) -> None:
             raise checks.InputError(f"--short-deltas {a.short_deltas} needs --token-swap > 0 (it measures swaps)")
     if a.grounding_layers != "all" and not a.grounding:
         raise checks.InputError(f"--grounding-layers {a.grounding_layers} needs --grounding > 0 (it picks its layers)")
+    if a.grounding_through != "both" and not a.grounding:
+        raise checks.InputError(f"--grounding-through {a.grounding_through} needs --grounding > 0 (it picks its side)")
     if a.ground_adjectives and not a.grounding:
         raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
     if a.grounding_max_t is not None:
@@ -728,6 +744,7 @@ def main(argv=None) -> None:
         grounding_weight=a.grounding,
         grounding_layers=a.grounding_layers,
         grounding_max_t=a.grounding_max_t,
+        grounding_through=a.grounding_through,
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,
