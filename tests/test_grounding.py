@@ -109,6 +109,9 @@ def test_grounding_through_keys_or_queries_moves_only_that_side():
     assert q is None and k.abs().sum() > 0 and text.abs().sum() > 0  # to_k and the text states move
     q, k, _ = grads["queries"]  # the text still moves, through the features of the layers below
     assert q.abs().sum() > 0 and k is None  # to_q and the UNet's features move, this layer's keys do not
+    q, k, text = grads["unet"]
+    assert q.abs().sum() > 0 and k.abs().sum() > 0  # the text states move only through the layers below
+    assert text.abs().sum() < grads["both"][2].abs().sum()
     with pytest.raises(ValueError, match="through='values'"):
         with grounding.cross_attention_probs(unet, through="values"):
             pass

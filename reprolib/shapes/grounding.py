@@ -260,8 +260,9 @@ GROUNDED_LAYERS = {
 
 # which side of each grounded layer the grounding loss's gradient reaches: both; the keys alone (the layer's
 # to_k and the text states; the picture's features left to the diffusion loss); or the queries alone (to_q
-# and, through the picture's features, the layers below; the layer's own keys untouched)
-GROUNDING_THROUGH = ("both", "keys", "queries")
+# and, through the picture's features, the layers below; the layer's own keys untouched); or the UNet alone
+# (both projections and the features, the text states read as constants)
+GROUNDING_THROUGH = ("both", "keys", "queries", "unet")
 
 
 @contextmanager
@@ -281,6 +282,7 @@ def cross_attention_probs(unet, skip: tuple[str, ...] = (), through: str = "both
         def record(mod, args, kwargs, out):
             h = args[0] if args else kwargs["hidden_states"]
             enc, bias = kwargs["encoder_hidden_states"], kwargs.get("attention_mask")
+            enc = enc.detach() if through == "unet" else enc
             q, k = mod.head_to_batch_dim(mod.to_q(h)), mod.head_to_batch_dim(mod.to_k(enc))
             q, k = (q.detach(), k) if through == "keys" else (q, k.detach()) if through == "queries" else (q, k)
             if bias is not None:

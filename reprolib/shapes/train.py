@@ -493,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
         choices=grounding.GROUNDING_THROUGH,
         default="both",
         help="with --grounding: the side its gradient reaches in each layer: both, keys (to_k and the text "
-        "states) or queries (to_q and the UNet's features below it)",
+        "states), queries (to_q and the UNet's features below it) or unet (all but the text states)",
     )
     p.add_argument(
         "--attribute-dropout",
