@@ -91,7 +91,7 @@ def test_grounded_layers_leave_the_skipped_blocks_free():
     assert {int(m.shape[2] ** 0.5) for m in maps.values()} == {16} and len(maps) == 3  # down 0, up 2 (two)
 
 
-def test_grounding_through_keys_or_queries_moves_only_that_side():
+def test_grounding_through_moves_only_the_named_side():
     torch.manual_seed(0)
     unet = build_unet()
     attn = unet.get_submodule(cross_attention_layers(unet)[-1][0])  # the last: no map reads its output
