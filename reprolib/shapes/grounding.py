@@ -286,7 +286,10 @@ def cross_attention_probs(unet, skip: tuple[str, ...] = (), through: str = "both
             enc, bias = kwargs["encoder_hidden_states"], kwargs.get("attention_mask")
             enc = enc.detach() if through == "unet" else enc
             q, k = mod.head_to_batch_dim(mod.to_q(h)), mod.head_to_batch_dim(mod.to_k(enc))
-            q, k = (q.detach(), k) if through == "keys" else (q, k.detach()) if through == "queries" else (q, k)
+            if through == "keys":
+                q = q.detach()
+            elif through == "queries":
+                k = k.detach()
             if bias is not None:
                 bias = mod.prepare_attention_mask(bias, enc.shape[1], h.shape[0])
             p = mod.get_attention_scores(q, k, bias)

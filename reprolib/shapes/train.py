@@ -645,18 +645,17 @@ def _check(a) -> None:
             raise checks.InputError(f"--short-deltas is a share of the token's length, > 0; got {a.short_deltas}")
         if not a.token_swap:
             raise checks.InputError(f"--short-deltas {a.short_deltas} needs --token-swap > 0 (it measures swaps)")
-    if a.grounding_layers != "all" and not a.grounding:
-        raise checks.InputError(f"--grounding-layers {a.grounding_layers} needs --grounding > 0 (it picks its layers)")
-    if a.grounding_through != "both" and not a.grounding:
-        raise checks.InputError(f"--grounding-through {a.grounding_through} needs --grounding > 0 (it picks its side)")
-    if a.ground_adjectives and not a.grounding:
-        raise checks.InputError("--ground-adjectives needs --grounding > 0 (it adds words to the grounding loss)")
-    if a.grounding_max_t is not None:
-        last = SCHEDULE["num_train_timesteps"]
-        if checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) > last:
-            raise checks.InputError(f"--grounding-max-t is a training timestep, 1 to {last}; got {a.grounding_max_t}")
-        if not a.grounding:
-            raise checks.InputError(f"--grounding-max-t {a.grounding_max_t} needs --grounding > 0 (it limits it)")
+    last = SCHEDULE["num_train_timesteps"]
+    if a.grounding_max_t is not None and checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) > last:
+        raise checks.InputError(f"--grounding-max-t is a training timestep, 1 to {last}; got {a.grounding_max_t}")
+    for given, used, why in (  # the options that shape the grounding loss, each pointless without it
+        (f"--grounding-layers {a.grounding_layers}", a.grounding_layers != "all", "it picks its layers"),
+        (f"--grounding-through {a.grounding_through}", a.grounding_through != "both", "it picks its side"),
+        ("--ground-adjectives", a.ground_adjectives, "it adds words to the grounding loss"),
+        (f"--grounding-max-t {a.grounding_max_t}", a.grounding_max_t is not None, "it limits it"),
+    ):
+        if used and not a.grounding:
+            raise checks.InputError(f"{given} needs --grounding > 0 ({why})")
     checks.count(a.threads, "--threads")
     checks.integer(a.text_layers, "--text-layers", minimum=1)
     if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
