@@ -1,4 +1,5 @@
-"""Growing the shapes world's text encoder wider or deeper keeps what the model computes."""
+"""Growing the shapes world's text encoder wider or deeper, or its UNet's attention deeper, keeps what the
+model computes."""
 
 import json
 
@@ -42,6 +43,29 @@ def test_a_grown_encoder_and_unet_predict_the_same_noise(tokenizer):
     assert grow.layer_count(big.state_dict()) == 5
 
 
+def test_a_deeper_unet_attention_predicts_the_same_noise_and_then_learns(tokenizer):
+    """New transformer blocks start as the identity, yet every part of them gets a gradient after a step."""
+    text, unet = _trained_like(build_text_encoder(tokenizer)), _trained_like(build_unet())
+    deep = build_unet(transformer_layers=(2, 1, 3))
+    deep.load_state_dict(grow.grow_unet(unet.state_dict(), deep))
+    assert grow.transformer_depths(deep.state_dict()) == (2, 1, 3)
+    assert grow.transformer_depths(unet.state_dict()) == (1, 1, 1)
+    ids = tokenizer(CAPTIONS, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    x, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([900, 300])
+    with torch.no_grad():
+        states = text(ids.input_ids)[0]
+        torch.testing.assert_close(deep.eval()(x, t, states).sample, unet(x, t, states).sample)
+    new = deep.up_blocks[2].attentions[1].transformer_blocks[1]
+    assert new.attn2.to_out[0].weight.abs().sum() == 0 and new.attn2.to_q.weight.abs().sum() > 0
+    opt = torch.optim.SGD(deep.parameters(), lr=0.1)
+    for _ in range(2):  # step 1 moves the silent outputs; step 2 reaches the projections behind them
+        opt.zero_grad()
+        deep.train()(x, t, states).sample.pow(2).mean().backward()
+        opt.step()
+    assert new.attn2.to_out[0].weight.abs().sum() > 0 and new.attn2.to_q.weight.grad.abs().sum() > 0
+    assert new.ff.net[0].proj.weight.grad.abs().sum() > 0
+
+
 def test_the_copies_of_a_grown_state_can_drift_apart(tokenizer):
     """The split weights sum to the old one but differ, so the two copies of a state get different gradients."""
     small = _trained_like(build_text_encoder(tokenizer))
@@ -81,10 +105,28 @@ def test_training_grows_a_run_and_exports_the_grown_model(tmp_path, v1):
     assert unet["cross_attention_dim"] == 128
 
 
+def test_training_deepens_a_runs_unet_and_exports_it(tmp_path, v1):
+    deep = BASE + ["--init-from", v1, "--transformer-layers", "2", "1", "1"]
+    train.main(["--out", str(tmp_path / "d")] + deep + ["--unet-steps", "1"])
+    assert json.loads((tmp_path / "d" / "run.json").read_text())["transformer_layers"] == [2, 1, 1]
+    with pytest.raises(InputError, match="--transformer-layers 1 1 1: .* was trained with 2 1 1"):
+        train.main(["--out", str(tmp_path / "d")] + BASE + ["--init-from", v1, "--unet-steps", "2"])
+    with pytest.raises(InputError, match="--transformer-layers 1 1 2: --init-from .* has 2 1 1; pass at least"):
+        train.main(
+            ["--out", str(tmp_path / "e"), "--init-from", str(tmp_path / "d")]
+            + BASE
+            + ["--transformer-layers", "1", "1", "2"]
+        )
+    train.main(["--out", str(tmp_path / "d"), "--export", str(tmp_path / "pipe")])
+    unet = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
+    assert unet["transformer_layers_per_block"] == [2, 1, 1]
+
+
 @pytest.mark.parametrize(
     "flags, named",
     [
         (["--text-width", "96"], "--text-width 96 / --text-layers 3: --init-from .* 64 wide"),
+        (["--transformer-layers", "0", "1", "1"], "--transformer-layers must be"),
         (["--text-layers", "2"], "--text-width 64 / --text-layers 2: --init-from .* 3 layers"),
         (["--text-width", "100"], "--text-width must be a multiple of 32"),
     ],

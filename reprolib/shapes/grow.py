@@ -1,4 +1,5 @@
-"""Grow a trained text encoder wider or deeper without changing what it computes (Net2Net-style).
+"""Grow a trained text encoder wider or deeper, or the UNet's attention deeper, without changing what
+the model computes (Net2Net-style).
 
 A #13 lever: give the nouns more room (width) or more layers to bind their adjectives (depth) while
 keeping every skill the UNet and the encoder have learnt. The grown pair starts as the small one's exact
@@ -10,6 +11,9 @@ function, so a fine-tune from it differs from the small model's fine-tune by the
   copies get different gradients and drift apart in training (without it they would stay equal forever).
 - **Deeper**: new layers are appended before the final layer norm with their output projections (attention
   ``out_proj`` and MLP ``fc2``) zero, so each adds nothing to the residual stream until it learns to.
+- **A deeper UNet attention** (more transformer blocks per cross-attention layer): the new blocks come after
+  the old ones, their three residual writes (self-attention, cross-attention, feed-forward) zero, so each
+  block starts as the identity.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import torch
 
 TOKEN_EMBEDDING = "embeddings.token_embedding.weight"  # its width is the encoder's
+# what a new UNet transformer block writes into its residual stream: zero, so it starts as the identity
+SILENT_BLOCK = ("attn1.to_out.0.weight", "attn1.to_out.0.bias", "attn2.to_out.0.weight", "attn2.to_out.0.bias")
+SILENT_BLOCK += ("ff.net.2.weight", "ff.net.2.bias")
 SPLIT_NOISE = 0.1  # std of the zero-sum noise between the parts of a split weight, in units of the weight's std
 
 
@@ -56,8 +63,26 @@ def grow_text_encoder(old: dict, new_model: torch.nn.Module, seed: int = 0) -> d
     return out
 
 
+def transformer_depths(state: dict) -> tuple[int, int, int]:
+    """Transformer blocks per cross-attention layer at 16×16, 8×8 and the mid block of a shapes-world UNet
+    state dict (``model.TRANSFORMER_LAYERS``'s order)."""
+
+    def depth(prefix: str) -> int:
+        head = prefix + "0.transformer_blocks."
+        return len({k[len(head) :].split(".")[0] for k in state if k.startswith(head)})
+
+    return depth("down_blocks.0.attentions."), depth("down_blocks.1.attentions."), depth("mid_block.attentions.")
+
+
 def grow_unet(old: dict, new_model: torch.nn.Module, seed: int = 0) -> dict:
-    """A state dict for ``new_model`` (the same UNet reading wider token states): the cross-attention keys
-    and values read the copies of a grown encoder's states as the old ones read the originals."""
+    """A state dict for ``new_model`` (the same UNet reading wider token states, and/or with more transformer
+    blocks per attention): the cross-attention keys and values read the copies of a grown encoder's states as
+    the old ones read the originals; new blocks are silent (``SILENT_BLOCK``)."""
     g = torch.Generator().manual_seed(seed + 1)
-    return {k: _widen(old[k], t.shape, reads_copies=True, g=g) for k, t in new_model.state_dict().items()}
+    out = {}
+    for key, target in new_model.state_dict().items():
+        if key in old:
+            out[key] = _widen(old[key], target.shape, reads_copies=True, g=g)
+        else:  # a new transformer block: as initialised, but silent
+            out[key] = torch.zeros_like(target) if key.endswith(SILENT_BLOCK) else target.clone()
+    return out

@@ -14,6 +14,9 @@ from .tokenizer import MAX_LENGTH
 TEXT_DIM = 64
 TEXT_LAYERS = 3
 HEAD_DIM = 32  # the text encoder's heads: wider encoders get more heads of this width, not wider heads
+# transformer blocks in each cross-attention layer at 16×16, 8×8 and the 4×4 mid block (diffusers'
+# transformer_layers_per_block; SDXL has 2 and 10): one each in v1–v3
+TRANSFORMER_LAYERS = (1, 1, 1)
 # SD's noise schedule, so the scheduler chapter and the guidance maths carry over unchanged
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -33,9 +36,11 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet(text_width: int = TEXT_DIM) -> UNet2DConditionModel:
-    """Cross-attention at 16×16 and 8×8 (down and up) and in the 4×4 mid block; keys and values read
-    ``text_width``-wide token states.
+def build_unet(
+    text_width: int = TEXT_DIM, transformer_layers: tuple[int, int, int] = TRANSFORMER_LAYERS
+) -> UNet2DConditionModel:
+    """Cross-attention at 16×16 and 8×8 (down and up) and in the 4×4 mid block, ``transformer_layers``
+    blocks deep at each; keys and values read ``text_width``-wide token states.
 
     Heads are 32 channels wide (diffusers' ``attention_head_dim`` here means the number of
     heads): with SD's default of 8 heads, a 32-channel layer gets 4-dim heads whose attention
@@ -50,6 +55,8 @@ def build_unet(text_width: int = TEXT_DIM) -> UNet2DConditionModel:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=text_width,
+        # the third entry reaches only the mid block: the 4×4 down block has no attention
+        transformer_layers_per_block=list(transformer_layers),
         attention_head_dim=(1, 2, 2),
         norm_num_groups=16,
     )

@@ -39,6 +39,7 @@ from .model import (
     SCHEDULE,
     TEXT_DIM,
     TEXT_LAYERS,
+    TRANSFORMER_LAYERS,
     assemble,
     build_text_encoder,
     build_unet,
@@ -261,11 +262,16 @@ def _text_size(run: dict) -> tuple[int, int]:
     return run.get("text_width", TEXT_DIM), run.get("text_layers", TEXT_LAYERS)
 
 
-def _models(tokenizer, init: Path | None, seed: int, width: int, layers: int):
-    """The UNet and text encoder: fresh (seeded), or ``init``'s EMA weights, grown where this run's encoder is
-    bigger (``grow``; copied as they are otherwise)."""
+def _unet_depth(run: dict) -> tuple[int, int, int]:
+    """Transformer blocks per attention at 16×16, 8×8 and mid of the UNet a run.json describes (v1–v3: none)."""
+    return tuple(run.get("transformer_layers", TRANSFORMER_LAYERS))
+
+
+def _models(tokenizer, init: Path | None, seed: int, width: int, layers: int, depth: tuple[int, int, int]):
+    """The UNet and text encoder: fresh (seeded), or ``init``'s EMA weights, grown where this run's encoder or
+    UNet attention is bigger (``grow``; copied as they are otherwise)."""
     torch.manual_seed(seed)
-    unet, text = build_unet(width), build_text_encoder(tokenizer, width, layers)
+    unet, text = build_unet(width, depth), build_text_encoder(tokenizer, width, layers)
     if init is not None:
         c0 = torch.load(init)
         text.load_state_dict(grow.grow_text_encoder(c0["ema"]["text"], text, seed))
@@ -303,6 +309,7 @@ def train_unet(
     vae=None,
     text_width: int = TEXT_DIM,
     text_layers: int = TEXT_LAYERS,
+    transformer_layers: tuple[int, int, int] = TRANSFORMER_LAYERS,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
@@ -312,10 +319,11 @@ def train_unet(
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
-    see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size; a smaller ``init`` is grown
-    to it with its function kept (``grow``)."""
+    see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size, ``transformer_layers`` the
+    UNet's attention depth; a smaller ``init`` is grown to them with its function kept (``grow``)."""
     ckpt = out / "unet.pt"
-    unet, text = _models(tokenizer, init if not ckpt.exists() else None, seed, text_width, text_layers)
+    init = init if not ckpt.exists() else None
+    unet, text = _models(tokenizer, init, seed, text_width, text_layers, transformer_layers)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
@@ -408,7 +416,7 @@ def export(out: Path, dest: Path) -> Path:
     c = torch.load(out / "unet.pt")
     meta = json.loads((out / "run.json").read_text())
     width, layers = _text_size(meta)
-    unet, text = build_unet(width), build_text_encoder(tokenizer, width, layers)
+    unet, text = build_unet(width, _unet_depth(meta)), build_text_encoder(tokenizer, width, layers)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
     pipe = assemble(vae, unet, text, tokenizer)
     pipe.save_pretrained(dest, safe_serialization=True)
@@ -555,6 +563,15 @@ def parser() -> argparse.ArgumentParser:
         help="the text encoder's layers; with --init-from new layers start silent (3 = v1-v3)",
     )
     p.add_argument(
+        "--transformer-layers",
+        type=int,
+        nargs=3,
+        default=list(TRANSFORMER_LAYERS),
+        metavar=("AT_16x16", "AT_8x8", "MID"),
+        help="the UNet's transformer blocks per cross-attention layer at 16x16, 8x8 and in the 4x4 mid block "
+        "(diffusers' transformer_layers_per_block); with --init-from new blocks start silent (1 1 1 = v1-v3)",
+    )
+    p.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -616,6 +633,8 @@ def _record(a, argv) -> dict:
         run["decoder_steps"] = a.decoder_steps
     if a.text_width != TEXT_DIM or a.text_layers != TEXT_LAYERS:
         run.update(text_width=a.text_width, text_layers=a.text_layers)
+    if tuple(a.transformer_layers) != TRANSFORMER_LAYERS:
+        run["transformer_layers"] = list(a.transformer_layers)
     return run
 
 
@@ -660,22 +679,38 @@ def _check(a) -> None:
     checks.integer(a.text_layers, "--text-layers", minimum=1)
     if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
         raise checks.InputError(f"--text-width must be a multiple of {HEAD_DIM} (the heads' width), got {a.text_width}")
+    for n in a.transformer_layers:
+        checks.integer(n, "--transformer-layers", minimum=1)
+    depth = " ".join(map(str, a.transformer_layers))
     if a.init_from and (a.init_from / "unet.pt").exists():
-        old = torch.load(a.init_from / "unet.pt")["ema"]["text"]
-        width, layers = old[grow.TOKEN_EMBEDDING].shape[1], grow.layer_count(old)
+        old = torch.load(a.init_from / "unet.pt")["ema"]
+        width, layers = old["text"][grow.TOKEN_EMBEDDING].shape[1], grow.layer_count(old["text"])
         if a.text_width % width or a.text_layers < layers:
             raise checks.InputError(
                 f"--text-width {a.text_width} / --text-layers {a.text_layers}: --init-from {a.init_from} has a text"
                 f" encoder {width} wide with {layers} layers; grow it (a whole multiple of {width} wide,"
                 f" at least {layers} layers) or leave both options out"
             )
+        had = grow.transformer_depths(old["unet"])
+        if any(n < m for n, m in zip(a.transformer_layers, had)):
+            raise checks.InputError(
+                f"--transformer-layers {depth}: --init-from {a.init_from} has {' '.join(map(str, had))}; pass at"
+                " least that many at each place (new blocks are added, none taken away)"
+            )
     resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
-    if resumed:  # a resumed run keeps its encoder's size (an export reads it from run.json)
-        size = _text_size(json.loads((a.out / "run.json").read_text()))
+    if resumed:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
+        past = json.loads((a.out / "run.json").read_text())
+        size = _text_size(past)
         if size != (a.text_width, a.text_layers):
             raise checks.InputError(
                 f"--text-width {a.text_width} / --text-layers {a.text_layers}: {a.out} was trained with"
                 f" {size[0]} / {size[1]}; pass those to resume it, or start a new --out"
+            )
+        was = _unet_depth(past)
+        if was != tuple(a.transformer_layers):
+            raise checks.InputError(
+                f"--transformer-layers {depth}: {a.out} was trained with {' '.join(map(str, was))}; pass those to"
+                " resume it, or start a new --out"
             )
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
@@ -754,6 +789,7 @@ def main(argv=None) -> None:
         vae=vae,
         text_width=a.text_width,
         text_layers=a.text_layers,
+        transformer_layers=tuple(a.transformer_layers),
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
