@@ -22,8 +22,9 @@ import torch
 
 TOKEN_EMBEDDING = "embeddings.token_embedding.weight"  # its width is the encoder's
 # what a new UNet transformer block writes into its residual stream: zero, so it starts as the identity
-SILENT_BLOCK = ("attn1.to_out.0.weight", "attn1.to_out.0.bias", "attn2.to_out.0.weight", "attn2.to_out.0.bias")
-SILENT_BLOCK += ("ff.net.2.weight", "ff.net.2.bias")
+SILENT_BLOCK = tuple(
+    f"{part}.{p}" for part in ("attn1.to_out.0", "attn2.to_out.0", "ff.net.2") for p in ("weight", "bias")
+)
 SPLIT_NOISE = 0.1  # std of the zero-sum noise between the parts of a split weight, in units of the weight's std
 
 
