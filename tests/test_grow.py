@@ -122,11 +122,29 @@ def test_training_deepens_a_runs_unet_and_exports_it(tmp_path, v1):
     assert unet["transformer_layers_per_block"] == [2, 1, 1]
 
 
+def test_a_wider_unet_trains_from_scratch_and_exports(tmp_path, v1):
+    train.main(
+        ["--out", str(tmp_path / "w"), "--vae-steps", "1", "--unet-steps", "1", "--unet-channels", "64", "64", "96"]
+        + BASE
+    )
+    assert json.loads((tmp_path / "w" / "run.json").read_text())["unet_channels"] == [64, 64, 96]
+    with pytest.raises(InputError, match="--unet-channels 32 64 64: .* was trained with 64 64 96"):
+        train.main(["--out", str(tmp_path / "w"), "--vae-steps", "1", "--unet-steps", "2"] + BASE)
+    train.main(["--out", str(tmp_path / "w"), "--export", str(tmp_path / "pipe")])
+    unet = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
+    assert (unet["block_out_channels"], unet["attention_head_dim"]) == ([64, 64, 96], [2, 2, 3])
+
+
 @pytest.mark.parametrize(
     "flags, named",
     [
         (["--text-width", "96"], "--text-width 96 / --text-layers 3: --init-from .* 64 wide"),
         (["--transformer-layers", "0", "1", "1"], "--transformer-layers must be"),
+        (
+            ["--unet-channels", "64", "64", "64"],
+            "--unet-channels 64 64 64: --init-from .* has 32 64 64; a UNet does not",
+        ),
+        (["--unet-channels", "48", "64", "64"], "--unet-channels must be multiples of 32"),
         (["--text-layers", "2"], "--text-width 64 / --text-layers 2: --init-from .* 3 layers"),
         (["--text-width", "100"], "--text-width must be a multiple of 32"),
     ],

@@ -75,6 +75,11 @@ def transformer_depths(state: dict) -> tuple[int, int, int]:
     return depth("down_blocks.0.attentions."), depth("down_blocks.1.attentions."), depth("mid_block.attentions.")
 
 
+def unet_channels(state: dict) -> tuple[int, int, int]:
+    """The channels at 16×16, 8×8 and 4×4 of a shapes-world UNet state dict (``model.UNET_CHANNELS``'s order)."""
+    return tuple(state[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(3))
+
+
 def grow_unet(old: dict, new_model: torch.nn.Module, seed: int = 0) -> dict:
     """A state dict for ``new_model`` (the same UNet reading wider token states, and/or with more transformer
     blocks per attention): the cross-attention keys and values read the copies of a grown encoder's states as

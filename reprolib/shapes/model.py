@@ -13,7 +13,8 @@ from .tokenizer import MAX_LENGTH
 
 TEXT_DIM = 64
 TEXT_LAYERS = 3
-HEAD_DIM = 32  # the text encoder's heads: wider encoders get more heads of this width, not wider heads
+HEAD_DIM = 32  # every head's width (text encoder and UNet): wider layers get more heads, not wider heads
+UNET_CHANNELS = (32, 64, 64)  # the UNet's channels at 16×16, 8×8 and 4×4 (v1–v3)
 # transformer blocks in each cross-attention layer at 16×16, 8×8 and the 4×4 mid block (diffusers'
 # transformer_layers_per_block; SDXL has 2 and 10): one each in v1–v3
 TRANSFORMER_LAYERS = (1, 1, 1)
@@ -37,10 +38,12 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_unet(
-    text_width: int = TEXT_DIM, transformer_layers: tuple[int, int, int] = TRANSFORMER_LAYERS
+    text_width: int = TEXT_DIM,
+    transformer_layers: tuple[int, int, int] = TRANSFORMER_LAYERS,
+    channels: tuple[int, int, int] = UNET_CHANNELS,
 ) -> UNet2DConditionModel:
     """Cross-attention at 16×16 and 8×8 (down and up) and in the 4×4 mid block, ``transformer_layers``
-    blocks deep at each; keys and values read ``text_width``-wide token states.
+    blocks deep at each, ``channels`` wide; keys and values read ``text_width``-wide token states.
 
     Heads are 32 channels wide (diffusers' ``attention_head_dim`` here means the number of
     heads): with SD's default of 8 heads, a 32-channel layer gets 4-dim heads whose attention
@@ -51,13 +54,13 @@ def build_unet(
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=tuple(channels),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=text_width,
         # the third entry reaches only the mid block: the 4×4 down block has no attention
         transformer_layers_per_block=list(transformer_layers),
-        attention_head_dim=(1, 2, 2),
+        attention_head_dim=tuple(c // HEAD_DIM for c in channels),
         norm_num_groups=16,
     )
 

@@ -40,6 +40,7 @@ from .model import (
     TEXT_DIM,
     TEXT_LAYERS,
     TRANSFORMER_LAYERS,
+    UNET_CHANNELS,
     assemble,
     build_text_encoder,
     build_unet,
@@ -262,16 +263,19 @@ def _text_size(run: dict) -> tuple[int, int]:
     return run.get("text_width", TEXT_DIM), run.get("text_layers", TEXT_LAYERS)
 
 
-def _unet_depth(run: dict) -> tuple[int, int, int]:
-    """Transformer blocks per attention at 16×16, 8×8 and mid of the UNet a run.json describes (v1–v3: none)."""
-    return tuple(run.get("transformer_layers", TRANSFORMER_LAYERS))
+def _unet_shape(run: dict) -> dict:
+    """``build_unet``'s shape options for the UNet a run.json describes (v1–v3 runs record neither)."""
+    return {
+        "transformer_layers": tuple(run.get("transformer_layers", TRANSFORMER_LAYERS)),
+        "channels": tuple(run.get("unet_channels", UNET_CHANNELS)),
+    }
 
 
-def _models(tokenizer, init: Path | None, seed: int, width: int, layers: int, depth: tuple[int, int, int]):
+def _models(tokenizer, init: Path | None, seed: int, width: int, layers: int, unet_shape: dict):
     """The UNet and text encoder: fresh (seeded), or ``init``'s EMA weights, grown where this run's encoder or
     UNet attention is bigger (``grow``; copied as they are otherwise)."""
     torch.manual_seed(seed)
-    unet, text = build_unet(width, depth), build_text_encoder(tokenizer, width, layers)
+    unet, text = build_unet(width, **unet_shape), build_text_encoder(tokenizer, width, layers)
     if init is not None:
         c0 = torch.load(init)
         text.load_state_dict(grow.grow_text_encoder(c0["ema"]["text"], text, seed))
@@ -309,7 +313,7 @@ def train_unet(
     vae=None,
     text_width: int = TEXT_DIM,
     text_layers: int = TEXT_LAYERS,
-    transformer_layers: tuple[int, int, int] = TRANSFORMER_LAYERS,
+    unet_shape: dict | None = None,
 ):
     """``init``: a UNet checkpoint to start from (its EMA weights, as both the weights and the EMA copy;
     a fresh optimizer); only used until this run has written its own checkpoint.
@@ -319,11 +323,11 @@ def train_unet(
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
-    see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size, ``transformer_layers`` the
-    UNet's attention depth; a smaller ``init`` is grown to them with its function kept (``grow``)."""
+    see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size, ``unet_shape`` the
+    UNet's (``build_unet``'s options); a smaller ``init`` is grown to them with its function kept (``grow``)."""
     ckpt = out / "unet.pt"
     init = init if not ckpt.exists() else None
-    unet, text = _models(tokenizer, init, seed, text_width, text_layers, transformer_layers)
+    unet, text = _models(tokenizer, init, seed, text_width, text_layers, unet_shape or {})
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
@@ -416,7 +420,7 @@ def export(out: Path, dest: Path) -> Path:
     c = torch.load(out / "unet.pt")
     meta = json.loads((out / "run.json").read_text())
     width, layers = _text_size(meta)
-    unet, text = build_unet(width, _unet_depth(meta)), build_text_encoder(tokenizer, width, layers)
+    unet, text = build_unet(width, **_unet_shape(meta)), build_text_encoder(tokenizer, width, layers)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
     pipe = assemble(vae, unet, text, tokenizer)
     pipe.save_pretrained(dest, safe_serialization=True)
@@ -572,6 +576,15 @@ def parser() -> argparse.ArgumentParser:
         "(diffusers' transformer_layers_per_block); with --init-from new blocks start silent (1 1 1 = v1-v3)",
     )
     p.add_argument(
+        "--unet-channels",
+        type=int,
+        nargs=3,
+        default=list(UNET_CHANNELS),
+        metavar=("AT_16x16", "AT_8x8", "AT_4x4"),
+        help=f"the UNet's channels at 16x16, 8x8 and 4x4 (heads of {HEAD_DIM}); a run from scratch only "
+        "(32 64 64 = v1-v3)",
+    )
+    p.add_argument(
         "--decoder-steps",
         type=int,
         default=0,
@@ -635,6 +648,8 @@ def _record(a, argv) -> dict:
         run.update(text_width=a.text_width, text_layers=a.text_layers)
     if tuple(a.transformer_layers) != TRANSFORMER_LAYERS:
         run["transformer_layers"] = list(a.transformer_layers)
+    if tuple(a.unet_channels) != UNET_CHANNELS:
+        run["unet_channels"] = list(a.unet_channels)
     return run
 
 
@@ -681,7 +696,10 @@ def _check(a) -> None:
         raise checks.InputError(f"--text-width must be a multiple of {HEAD_DIM} (the heads' width), got {a.text_width}")
     for n in a.transformer_layers:
         checks.integer(n, "--transformer-layers", minimum=1)
-    depth = " ".join(map(str, a.transformer_layers))
+    for n in a.unet_channels:
+        if checks.integer(n, "--unet-channels", minimum=HEAD_DIM) % HEAD_DIM:
+            raise checks.InputError(f"--unet-channels must be multiples of {HEAD_DIM} (the heads' width), got {n}")
+    depth, channels = " ".join(map(str, a.transformer_layers)), " ".join(map(str, a.unet_channels))
     if a.init_from and (a.init_from / "unet.pt").exists():
         old = torch.load(a.init_from / "unet.pt")["ema"]
         width, layers = old["text"][grow.TOKEN_EMBEDDING].shape[1], grow.layer_count(old["text"])
@@ -697,6 +715,12 @@ def _check(a) -> None:
                 f"--transformer-layers {depth}: --init-from {a.init_from} has {' '.join(map(str, had))}; pass at"
                 " least that many at each place (new blocks are added, none taken away)"
             )
+        had = grow.unet_channels(old["unet"])
+        if had != tuple(a.unet_channels):
+            raise checks.InputError(
+                f"--unet-channels {channels}: --init-from {a.init_from} has {' '.join(map(str, had))}; a UNet does"
+                " not grow wider here: leave the option out, or train from scratch (no --init-from)"
+            )
     resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
     if resumed:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
         past = json.loads((a.out / "run.json").read_text())
@@ -706,12 +730,16 @@ def _check(a) -> None:
                 f"--text-width {a.text_width} / --text-layers {a.text_layers}: {a.out} was trained with"
                 f" {size[0]} / {size[1]}; pass those to resume it, or start a new --out"
             )
-        was = _unet_depth(past)
-        if was != tuple(a.transformer_layers):
-            raise checks.InputError(
-                f"--transformer-layers {depth}: {a.out} was trained with {' '.join(map(str, was))}; pass those to"
-                " resume it, or start a new --out"
-            )
+        was = _unet_shape(past)
+        for flag, given, key in (
+            ("--transformer-layers", depth, "transformer_layers"),
+            ("--unet-channels", channels, "channels"),
+        ):
+            if " ".join(map(str, was[key])) != given:
+                raise checks.InputError(
+                    f"{flag} {given}: {a.out} was trained with {' '.join(map(str, was[key]))}; pass those to resume"
+                    " it, or start a new --out"
+                )
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
 
@@ -789,7 +817,7 @@ def main(argv=None) -> None:
         vae=vae,
         text_width=a.text_width,
         text_layers=a.text_layers,
-        transformer_layers=tuple(a.transformer_layers),
+        unet_shape={"transformer_layers": tuple(a.transformer_layers), "channels": tuple(a.unet_channels)},
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
