@@ -691,6 +691,13 @@ def _check(a) -> None:
         if used and not a.grounding:
             raise checks.InputError(f"{given} needs --grounding > 0 ({why})")
     checks.count(a.threads, "--threads")
+    _check_sizes(a)
+    if a.out.exists() and not a.out.is_dir():
+        raise checks.InputError(f"--out {a.out} is a file; give a run folder")
+
+
+def _check_sizes(a) -> None:
+    """The text encoder's and UNet's size options: valid, reachable from --init-from, a resumed run's own."""
     checks.integer(a.text_layers, "--text-layers", minimum=1)
     if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
         raise checks.InputError(f"--text-width must be a multiple of {HEAD_DIM} (the heads' width), got {a.text_width}")
@@ -740,8 +747,6 @@ def _check(a) -> None:
                     f"{flag} {given}: {a.out} was trained with {' '.join(map(str, was[key]))}; pass those to resume"
                     " it, or start a new --out"
                 )
-    if a.out.exists() and not a.out.is_dir():
-        raise checks.InputError(f"--out {a.out} is a file; give a run folder")
 
 
 def main(argv=None) -> None:
