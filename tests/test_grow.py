@@ -142,7 +142,7 @@ def test_a_wider_unet_trains_from_scratch_and_exports(tmp_path, v1):
         (["--transformer-layers", "0", "1", "1"], "--transformer-layers must be"),
         (
             ["--unet-channels", "64", "64", "64"],
-            "--unet-channels 64 64 64: --init-from .* has 32 64 64; a UNet does not",
+            "--unet-channels 64 64 64: --init-from .* has 32 64 64; pass those",
         ),
         (["--unet-channels", "48", "64", "64"], "--unet-channels must be multiples of 32"),
         (["--text-layers", "2"], "--text-width 64 / --text-layers 2: --init-from .* 3 layers"),

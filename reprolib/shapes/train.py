@@ -725,8 +725,8 @@ def _check_sizes(a) -> None:
         had = grow.unet_channels(old["unet"])
         if had != tuple(a.unet_channels):
             raise checks.InputError(
-                f"--unet-channels {channels}: --init-from {a.init_from} has {' '.join(map(str, had))}; a UNet does"
-                " not grow wider here: leave the option out, or train from scratch (no --init-from)"
+                f"--unet-channels {channels}: --init-from {a.init_from} has {' '.join(map(str, had))}; pass those"
+                " (a UNet does not grow wider here), or train from scratch without --init-from"
             )
     resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
     if resumed:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
