@@ -696,6 +696,11 @@ def _check(a) -> None:
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
 
 
+def _words(values) -> str:
+    """``(2, 1, 1)`` as the command line writes it: ``2 1 1``."""
+    return " ".join(map(str, values))
+
+
 def _check_sizes(a) -> None:
     """The text encoder's and UNet's size options: valid, reachable from --init-from, a resumed run's own."""
     checks.integer(a.text_layers, "--text-layers", minimum=1)
@@ -706,7 +711,6 @@ def _check_sizes(a) -> None:
     for n in a.unet_channels:
         if checks.integer(n, "--unet-channels", minimum=HEAD_DIM) % HEAD_DIM:
             raise checks.InputError(f"--unet-channels must be multiples of {HEAD_DIM} (the heads' width), got {n}")
-    depth, channels = " ".join(map(str, a.transformer_layers)), " ".join(map(str, a.unet_channels))
     if a.init_from and (a.init_from / "unet.pt").exists():
         old = torch.load(a.init_from / "unet.pt")["ema"]
         width, layers = old["text"][grow.TOKEN_EMBEDDING].shape[1], grow.layer_count(old["text"])
@@ -719,13 +723,13 @@ def _check_sizes(a) -> None:
         had = grow.transformer_depths(old["unet"])
         if any(n < m for n, m in zip(a.transformer_layers, had)):
             raise checks.InputError(
-                f"--transformer-layers {depth}: --init-from {a.init_from} has {' '.join(map(str, had))}; pass at"
-                " least that many at each place (new blocks are added, none taken away)"
+                f"--transformer-layers {_words(a.transformer_layers)}: --init-from {a.init_from} has {_words(had)};"
+                " pass at least that many at each place (new blocks are added, none taken away)"
             )
         had = grow.unet_channels(old["unet"])
         if had != tuple(a.unet_channels):
             raise checks.InputError(
-                f"--unet-channels {channels}: --init-from {a.init_from} has {' '.join(map(str, had))}; pass those"
+                f"--unet-channels {_words(a.unet_channels)}: --init-from {a.init_from} has {_words(had)}; pass those"
                 " (a UNet does not grow wider here), or train from scratch without --init-from"
             )
     resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
@@ -738,14 +742,14 @@ def _check_sizes(a) -> None:
                 f" {size[0]} / {size[1]}; pass those to resume it, or start a new --out"
             )
         was = _unet_shape(past)
-        for flag, given, key in (
-            ("--transformer-layers", depth, "transformer_layers"),
-            ("--unet-channels", channels, "channels"),
+        for flag, key, given in (
+            ("--transformer-layers", "transformer_layers", a.transformer_layers),
+            ("--unet-channels", "channels", a.unet_channels),
         ):
-            if " ".join(map(str, was[key])) != given:
+            if was[key] != tuple(given):
                 raise checks.InputError(
-                    f"{flag} {given}: {a.out} was trained with {' '.join(map(str, was[key]))}; pass those to resume"
-                    " it, or start a new --out"
+                    f"{flag} {_words(given)}: {a.out} was trained with {_words(was[key])}; pass those to resume it,"
+                    " or start a new --out"
                 )
 
 
@@ -822,7 +826,7 @@ def main(argv=None) -> None:
         vae=vae,
         text_width=a.text_width,
         text_layers=a.text_layers,
-        unet_shape={"transformer_layers": tuple(a.transformer_layers), "channels": tuple(a.unet_channels)},
+        unet_shape=_unet_shape(run),
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")
