@@ -63,10 +63,20 @@ def subject_anchor(
 ) -> torch.Tensor:  # fmt: skip
     """(batch, 1, h, w) bool: where the edited words' objects are in the inverted picture, widened by ``reach``.
 
-    One conditional UNet pass on the inversion's path at ``ANCHOR_STEP`` with the unedited prompt ``plain``.
+    One conditional UNet pass on the inversion's path at ``ANCHOR_STEP`` with the unedited prompt ``plain``,
+    made once per prompt and words: the result is kept in the inversion's ``anchors`` when it has them.
     """
     unet = cond.pipe.unet
     layers = default_layers(unet) if layers is None else layers
+    cache = getattr(inversion, "anchors", {})  # a starting point without a cache reads it every time
+    key = (tuple(t.text for t in plain.tokens), tuple(map(tuple, positions)), tuple(layers), aspect, threshold, reach)
+    if key not in cache:
+        cache[key] = _read_anchor(cond, plain, positions, inversion, layers, aspect, threshold, reach)
+    return cache[key]
+
+
+def _read_anchor(cond, plain, positions, inversion, layers, aspect, threshold, reach) -> torch.Tensor:
+    unet = cond.pipe.unet
     tokens = sorted({p for pos in positions for p in pos})
     sched = inversion.scheduler()
     j = min(int(ANCHOR_STEP * inversion.steps), inversion.steps - 1)

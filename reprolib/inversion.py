@@ -58,6 +58,9 @@ class Inversion:
     residuals: list[torch.Tensor] | None = field(default=None, repr=False)  # per sampling step ("exact")
     path: list[torch.Tensor] | None = field(default=None, repr=False)  # before each step, then the picture's
     error: float | None = None
+    # subject anchors already read on this path (reprolib.blend.subject_anchor), per prompt and edited words:
+    # a slider's frames share the anchor, so its extra UNet pass is made once
+    anchors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def scheduler(self) -> DDIMScheduler:
         """A fresh DDIM scheduler with this inversion's timesteps (the sampler it was solved for)."""

@@ -177,6 +177,19 @@ def test_anchored_blend_edits_only_near_the_subject(shapes_pipe, monkeypatch):
         generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", 1.5)], local_blend="anchor")
 
 
+def test_a_sliders_frames_read_the_anchor_once(shapes_pipe, monkeypatch):
+    # the anchor depends on the picture, the prompt and the edited words, not on α: one UNet pass per subject
+    spy = Spy(monkeypatch)
+    inv = invert(shapes_pipe, world.render(SCENE), CAPTION, verify=False)
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    for alpha in (-1.0, 0.5, 1.5):
+        generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "circle", alpha)])
+    assert len(inv.anchors) == 1 and spy.made[0].anchor is spy.made[-1].anchor  # the same tensor: not read again
+    generate(shapes_pipe, CAPTION, inversion=inv, edits=[Edit(size, "square", 1.0)])
+    assert len(inv.anchors) == 2
+    assert not torch.equal(spy.made[-1].anchor, spy.made[0].anchor)  # the square's own place
+
+
 @pytest.mark.parametrize("mode", [True, "anchored"])
 def test_a_batch_of_prompts_blends_each_image_by_its_own_words(shapes_pipe, monkeypatch, mode):
     # "circle" is one token of the first prompt and two of the second: each image's edited and other words
