@@ -19,8 +19,8 @@ Two limits make the blend subject-specific (chosen by ``benchmarks/inversion.py 
   to both circles of "a blue circle and a green circle");
 * **anchor**: the edit may only reach a little way (``ANCHOR_REACH`` of the picture's side) beyond where the
   subject *is* in the picture, read from the unedited words' attention on the inversion's own path
-  (one extra conditional UNet pass, :func:`subject_anchor`). Without it a grown subject can be drawn
-  again elsewhere while the old one stays, or a shrunk one jump onto its neighbour.
+  (one extra conditional UNet pass per picture and subject, :func:`subject_anchor`). Without it a grown
+  subject can be drawn again elsewhere while the old one stays, or a shrunk one jump onto its neighbour.
 """
 
 from __future__ import annotations
