@@ -3,12 +3,18 @@
     python benchmarks/composition.py                                   # the shipped model, 8 seeds
     python benchmarks/composition.py --model checkpoints_export_dir --seeds 12
     python benchmarks/composition.py --delays 0 0.2 0.4                # edits from the first step, and later
+    python benchmarks/composition.py --attention                       # where each word's attention goes
+    python benchmarks/composition.py --colour runs/colour/delta.safetensors   # another colour delta (e.g. learned)
 
 On "a red circle and a green square", edits on the circle only: the colour delta (red → blue) at α = 1, the
 size delta at α = 2, both stacked (the composition bar's edits). For each, the share of seeds whose picture
 still holds the circle (any colour; a red one; a blue one) and the green square, by the ruler, for each edit
 delay asked for (the library's default, 0.2, alone unless ``--delays``). Then the norms of the two deltas, of
 the stacked edit and of the circle's token they are added to.
+
+``--attention``: for each edit, each word's share of the guided layers' cross-attention (conditional
+branch, mean over heads, pixels, the guided layers and the edited steps), averaged over the seeds: an edit
+that makes its subject's tokens take the bystander's attention starves the bystander's words.
 """
 
 import argparse
@@ -17,15 +23,32 @@ import numpy as np
 import torch
 
 import reprolib
+from reprolib.attention import default_layers
 from reprolib.conditioning import TextConditioning
 from reprolib.contrastive import contrastive_delta
+from reprolib.delta import Delta
 from reprolib.edits import Edit
 from reprolib.evaluation.specificity import subject_pattern
-from reprolib.generate import DELAY
+from reprolib.generate import DELAY, defaults, first_edited_step
 from reprolib.shapes import measure
 from reprolib.tokens import token_span
 
 PROMPT = "a red circle and a green square"
+WORDS = ("red", "circle", "green", "square")
+
+
+def attention_shares(pipe, edits, delay: float, seeds: list[int]) -> list[float]:
+    """Each of ``WORDS``' share of the guided layers' attention over the edited steps, mean over ``seeds``."""
+    steps = defaults(pipe)[0]
+    layers = default_layers(pipe.unet)
+    shares = np.zeros(len(WORDS))
+    for seed in seeds:
+        maps = reprolib.attention_maps(
+            pipe, PROMPT, seed=seed, edits=edits, delay=delay, layers=layers,
+            record_steps=range(first_edited_step(steps, delay), steps),
+        )  # fmt: skip
+        shares += [float(maps.word(w).mean()) * len(token_span(maps.tokens, w)) for w in WORDS]
+    return list(shares / len(seeds))
 
 
 def main() -> None:
@@ -33,9 +56,12 @@ def main() -> None:
     p.add_argument("--model", default="shapes")
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--delays", type=float, nargs="+", default=[DELAY], help="edit delays, side by side")
+    p.add_argument("--colour", help="a colour delta file to use instead of the contrastive one")
+    p.add_argument("--attention", action="store_true", help="also each word's share of the guided layers' attention")
     a = p.parse_args()
     pipe = reprolib.load_pipeline(a.model)
-    size, colour = contrastive_delta(pipe, "shapes/size"), contrastive_delta(pipe, "shapes/colour")
+    size = contrastive_delta(pipe, "shapes/size")
+    colour = Delta.load(a.colour) if a.colour else contrastive_delta(pipe, "shapes/colour")
     circle = subject_pattern("red", "circle")
     cases = {
         "no edit": [],
@@ -57,6 +83,9 @@ def main() -> None:
                 np.mean([measure.find(objs, "green", "square") is not None for objs in found]),
             ]
             print(f"{delay:<7g}{name:<22}" + "".join(f"{v:>{w}.2f}" for v, w in zip(shares, (21, 12, 13, 14))))
+            if a.attention:
+                words = attention_shares(pipe, edits, delay, list(range(a.seeds)))
+                print(f"{'':<29}attention share: " + ", ".join(f"{w} {v:.3f}" for w, v in zip(WORDS, words)))
     s, c = size.vectors["clip"], colour.vectors["clip"]
     with torch.no_grad():
         encoded = TextConditioning(pipe).encode([PROMPT])

@@ -1,5 +1,8 @@
 """contrastive_delta: the mean subject-token difference, per encoder; edits it drives in generate."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -150,3 +153,15 @@ def test_edit_on_missing_word(sd15):
     size = contrastive_delta(sd15, "shapes/size")
     with pytest.raises(SpanError, match="triangle"):
         latents(sd15, edits=[(size, "triangle", 1.0)])
+
+
+def test_composition_benchmark_reads_where_each_words_attention_goes(shapes_pipe):
+    spec = importlib.util.spec_from_file_location("bench_comp", Path(__file__).parents[1] / "benchmarks/composition.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    plain = bench.attention_shares(shapes_pipe, [], 0.2, [0])
+    grown = bench.attention_shares(shapes_pipe, [(size, "red circle", 2.0)], 0.2, [0])
+    assert all(0 < v < 1 for v in plain + grown) and sum(plain) < 1
+    circle = bench.WORDS.index("circle")
+    assert grown[circle] > 1.25 * plain[circle]  # a grown circle's noun holds more of the picture's attention
