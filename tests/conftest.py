@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random pipelines (offline, < 1 s) and the real CLIP BPE tokenizer when it can be had."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -56,3 +58,17 @@ def shapes_pipe():
     if not (SHAPES_DIR / "model_index.json").exists():
         pytest.skip("shapes-world weights not exported yet (python -m reprolib.shapes.train ... --export)")
     return load_pipeline("shapes")
+
+
+@pytest.fixture
+def bench_script():
+    """``load(name)``: benchmarks/``name``.py as a module (the scripts are not a package)."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,8 +1,5 @@
 """contrastive_delta: the mean subject-token difference, per encoder; edits it drives in generate."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -155,10 +152,8 @@ def test_edit_on_missing_word(sd15):
         latents(sd15, edits=[(size, "triangle", 1.0)])
 
 
-def test_composition_benchmark_reads_where_each_words_attention_goes(shapes_pipe):
-    spec = importlib.util.spec_from_file_location("bench_comp", Path(__file__).parents[1] / "benchmarks/composition.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_composition_benchmark_reads_where_each_words_attention_goes(shapes_pipe, bench_script):
+    bench = bench_script("composition")
     size = contrastive_delta(shapes_pipe, "shapes/size")
     plain = bench.attention_shares(shapes_pipe, [], 0.2, [0])
     grown = bench.attention_shares(shapes_pipe, [(size, "red circle", 2.0)], 0.2, [0])

@@ -4,7 +4,6 @@ measurement in the shapes world (reprolib.evaluation.layout, benchmarks/layout.p
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -423,10 +422,8 @@ def test_layout_probe_returns_a_table_per_method_case_seed_and_phrase(sd15):
     json.dumps(table.as_dict())
 
 
-def test_benchmark_script_runs_on_a_tiny_pipeline(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_layout", Path(__file__).parents[1] / "benchmarks/layout.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_script_runs_on_a_tiny_pipeline(tmp_path, capsys, bench_script):
+    bench = bench_script("layout")
     out = bench.main(
         [
             "--model",

@@ -1,8 +1,6 @@
 """learn_delta: the original objective (sampling, targets, counts), the cached scheme, resume, errors, CLI."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -248,12 +246,9 @@ def test_cli_on_tiny_sd15(tmp_path, capsys):
     assert "UNet rows per micro-step" in capsys.readouterr().out
 
 
-def test_cost_benchmark_script_runs_on_a_tiny_pipeline(capsys):
+def test_cost_benchmark_script_runs_on_a_tiny_pipeline(capsys, bench_script):
     """benchmarks/learn_delta_cost.py end to end on a random tiny SD 1.5 (the script itself, not its figures)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks/learn_delta_cost.py"
-    spec = importlib.util.spec_from_file_location("bench_cost", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_script("learn_delta_cost")
     res = bench.main(
         [
             "--model",
