@@ -9,9 +9,11 @@ import torch
 from reprolib.attention import cross_attention_layers, record_attention
 from reprolib.checks import InputError
 from reprolib.conditioning import padding_mask
-from reprolib.shapes import grounding, train, world
-from reprolib.shapes.model import build_unet
+from reprolib.shapes import grounding, world
+from reprolib.shapes.model import build_unet, training_scheduler
 from reprolib.shapes.tokenizer import MAX_LENGTH, load_tokenizer, save_tokenizer
+from reprolib.shapes.train.__main__ import main as train_cli
+from reprolib.shapes.train.unet import swap_batch
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +169,14 @@ def test_attribute_dropout_hides_only_colour_and_size_words(tokenizer):
 
 def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
-    train.main(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
+    train_cli(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
     levers += ["--grounding-layers", "outer", "--grounding-max-t", "500", "--grounding-through", "keys"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
-    train.main(["--out", str(tmp_path / "lev"), "--unet-steps", "2"] + base + levers)
+    train_cli(["--out", str(tmp_path / "lev"), "--unet-steps", "2"] + base + levers)
     run = json.loads((tmp_path / "lev" / "run.json").read_text())
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
@@ -185,37 +187,37 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
     with pytest.raises(InputError, match="--attribute-dropout"):
-        train.main(["--out", str(tmp_path / "bad"), "--attribute-dropout", "1.5"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--attribute-dropout", "1.5"] + base)
     with pytest.raises(InputError, match="--token-swap"):
-        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "-0.1"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "-0.1"] + base)
     with pytest.raises(InputError, match="--swap-reach must be >= 1"):
-        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-reach", "0.5"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-reach", "0.5"] + base)
     with pytest.raises(InputError, match="--swap-reach 2.0 needs --token-swap"):
-        train.main(["--out", str(tmp_path / "bad"), "--swap-reach", "2"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--swap-reach", "2"] + base)
     with pytest.raises(InputError, match="--swap-late 0.5 needs --token-swap"):
-        train.main(["--out", str(tmp_path / "bad"), "--swap-late", "0.5"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--swap-late", "0.5"] + base)
     with pytest.raises(InputError, match=r"--swap-late must be in \[0, 1\]"):
-        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-late", "2"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-late", "2"] + base)
     with pytest.raises(InputError, match="--swap-name-size 1.0 needs --token-swap"):
-        train.main(["--out", str(tmp_path / "bad"), "--swap-name-size", "1"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--swap-name-size", "1"] + base)
     with pytest.raises(InputError, match=r"--swap-name-size must be in \[0, 1\]"):
-        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-name-size", "-0.5"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-name-size", "-0.5"] + base)
     with pytest.raises(InputError, match="--short-deltas 0.3 needs --token-swap"):
-        train.main(["--out", str(tmp_path / "bad"), "--short-deltas", "0.3"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--short-deltas", "0.3"] + base)
     with pytest.raises(InputError, match="--short-deltas is a share"):
-        train.main(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--short-deltas", "0"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--short-deltas", "0"] + base)
     with pytest.raises(InputError, match="--grounding"):
-        train.main(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding", "-1"] + base)
     with pytest.raises(InputError, match="--ground-adjectives needs --grounding"):
-        train.main(["--out", str(tmp_path / "bad"), "--ground-adjectives"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--ground-adjectives"] + base)
     with pytest.raises(InputError, match="--grounding-layers outer needs --grounding > 0"):
-        train.main(["--out", str(tmp_path / "bad"), "--grounding-layers", "outer"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding-layers", "outer"] + base)
     with pytest.raises(InputError, match="--grounding-max-t 500 needs --grounding > 0"):
-        train.main(["--out", str(tmp_path / "bad"), "--grounding-max-t", "500"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding-max-t", "500"] + base)
     with pytest.raises(InputError, match="--grounding-through queries needs --grounding > 0"):
-        train.main(["--out", str(tmp_path / "bad"), "--grounding-through", "queries"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding-through", "queries"] + base)
     with pytest.raises(InputError, match="--grounding-max-t is a training timestep, 1 to 1000; got 1001"):
-        train.main(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--grounding-max-t", "1001"] + base)
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--grounding-max-t", "1001"] + base)
 
 
 def _words_of(tokenizer, row):
@@ -280,7 +282,7 @@ def test_swap_reach_goes_that_far_along_old_to_new():
 
 
 def test_late_target_denoises_the_old_pictures_latent_towards_the_new_picture():
-    sched = train.training_scheduler()
+    sched = training_scheduler()
     old, new, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     t = torch.tensor([300, 600, 999])
     xt = sched.add_noise(old, eps, t)
@@ -304,18 +306,16 @@ def test_swap_late_keeps_the_old_latent_only_past_late_from(tokenizer):
     scenes = world.scenes(64, seed=5, p_empty=0.0, **world.MIXES["v2"])
     ids = _ids(tokenizer, [s.caption for s in scenes])
     pos, _ = grounding.noun_targets(scenes, ids, tokenizer)
-    sched = train.training_scheduler()
+    sched = training_scheduler()
     shape = (64, 3, world.RES // 8, world.RES // 8)
     xt, noise, cond = torch.randn(shape), torch.randn(shape), torch.randn(64, MAX_LENGTH, 8)
     t = torch.arange(64) * 15  # 0 … 945: both sides of LATE_FROM
     text = lambda i: (torch.randn(len(i), MAX_LENGTH, 8),)  # noqa: E731
     kw = dict(p=1.0, reach=1.0, name_size=0.0, tokenizer=tokenizer, text=text, vae=_VAE(), sched=sched, sf=1.0)
-    plain, ratio = train._swap(
+    plain, ratio = swap_batch(
         scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=0.0, **kw
     )
-    late, _ = train._swap(
-        scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=1.0, **kw
-    )
+    late, _ = swap_batch(scenes, ids, pos, (xt, noise, cond, None), t, torch.Generator().manual_seed(0), late=1.0, **kw)
     swapped = ~torch.isclose(plain[0], xt).flatten(1).all(1)
     assert swapped.sum() > 50 and torch.equal(plain[1], noise)  # plain: the new picture, the batch's noise
     old = swapped & (t >= grounding.LATE_FROM)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from reprolib.checks import InputError
-from reprolib.shapes import grow, train
+from reprolib.shapes import grow
 from reprolib.shapes.model import build_text_encoder, build_unet
 from reprolib.shapes.tokenizer import load_tokenizer, save_tokenizer
+from reprolib.shapes.train.__main__ import main as train_cli
 
 CAPTIONS = ["a red circle and a big green square", "a small blue triangle"]
 
@@ -87,18 +88,18 @@ BASE = ["--scenes", "64", "--batch", "4"]
 @pytest.fixture(scope="module")
 def v1(tmp_path_factory):
     out = tmp_path_factory.mktemp("v1")
-    train.main(["--out", str(out), "--vae-steps", "1", "--unet-steps", "1"] + BASE)
+    train_cli(["--out", str(out), "--vae-steps", "1", "--unet-steps", "1"] + BASE)
     return str(out)
 
 
 def test_training_grows_a_run_and_exports_the_grown_model(tmp_path, v1):
     grown = BASE + ["--init-from", v1, "--text-width", "128", "--text-layers", "4"]
-    train.main(["--out", str(tmp_path / "w")] + grown + ["--unet-steps", "1"])
+    train_cli(["--out", str(tmp_path / "w")] + grown + ["--unet-steps", "1"])
     run = json.loads((tmp_path / "w" / "run.json").read_text())
     assert (run["text_width"], run["text_layers"]) == (128, 4)
     with pytest.raises(InputError, match="--text-width 64 / --text-layers 3: .* was trained with 128 / 4"):
-        train.main(["--out", str(tmp_path / "w")] + BASE + ["--init-from", v1, "--unet-steps", "2"])
-    train.main(["--out", str(tmp_path / "w"), "--export", str(tmp_path / "pipe")])
+        train_cli(["--out", str(tmp_path / "w")] + BASE + ["--init-from", v1, "--unet-steps", "2"])
+    train_cli(["--out", str(tmp_path / "w"), "--export", str(tmp_path / "pipe")])
     cfg = json.loads((tmp_path / "pipe" / "text_encoder" / "config.json").read_text())
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (128, 4, 4)
     unet = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
@@ -107,30 +108,30 @@ def test_training_grows_a_run_and_exports_the_grown_model(tmp_path, v1):
 
 def test_training_deepens_a_runs_unet_and_exports_it(tmp_path, v1):
     deep = BASE + ["--init-from", v1, "--transformer-layers", "2", "1", "1"]
-    train.main(["--out", str(tmp_path / "d")] + deep + ["--unet-steps", "1"])
+    train_cli(["--out", str(tmp_path / "d")] + deep + ["--unet-steps", "1"])
     assert json.loads((tmp_path / "d" / "run.json").read_text())["transformer_layers"] == [2, 1, 1]
     with pytest.raises(InputError, match="--transformer-layers 1 1 1: .* was trained with 2 1 1"):
-        train.main(["--out", str(tmp_path / "d")] + BASE + ["--init-from", v1, "--unet-steps", "2"])
+        train_cli(["--out", str(tmp_path / "d")] + BASE + ["--init-from", v1, "--unet-steps", "2"])
     with pytest.raises(InputError, match="--transformer-layers 1 1 2: --init-from .* has 2 1 1; pass at least"):
-        train.main(
+        train_cli(
             ["--out", str(tmp_path / "e"), "--init-from", str(tmp_path / "d")]
             + BASE
             + ["--transformer-layers", "1", "1", "2"]
         )
-    train.main(["--out", str(tmp_path / "d"), "--export", str(tmp_path / "pipe")])
+    train_cli(["--out", str(tmp_path / "d"), "--export", str(tmp_path / "pipe")])
     unet = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
     assert unet["transformer_layers_per_block"] == [2, 1, 1]
 
 
 def test_a_wider_unet_trains_from_scratch_and_exports(tmp_path, v1):
-    train.main(
+    train_cli(
         ["--out", str(tmp_path / "w"), "--vae-steps", "1", "--unet-steps", "1", "--unet-channels", "64", "64", "96"]
         + BASE
     )
     assert json.loads((tmp_path / "w" / "run.json").read_text())["unet_channels"] == [64, 64, 96]
     with pytest.raises(InputError, match="--unet-channels 32 64 64: .* was trained with 64 64 96"):
-        train.main(["--out", str(tmp_path / "w"), "--vae-steps", "1", "--unet-steps", "2"] + BASE)
-    train.main(["--out", str(tmp_path / "w"), "--export", str(tmp_path / "pipe")])
+        train_cli(["--out", str(tmp_path / "w"), "--vae-steps", "1", "--unet-steps", "2"] + BASE)
+    train_cli(["--out", str(tmp_path / "w"), "--export", str(tmp_path / "pipe")])
     unet = json.loads((tmp_path / "pipe" / "unet" / "config.json").read_text())
     assert (unet["block_out_channels"], unet["attention_head_dim"]) == ([64, 64, 96], [2, 2, 3])
 
@@ -151,4 +152,4 @@ def test_a_wider_unet_trains_from_scratch_and_exports(tmp_path, v1):
 )
 def test_a_text_encoder_that_cannot_grow_from_the_init_is_named(tmp_path, v1, flags, named):
     with pytest.raises(InputError, match=named):
-        train.main(["--out", str(tmp_path / "bad"), "--init-from", v1] + BASE + flags)
+        train_cli(["--out", str(tmp_path / "bad"), "--init-from", v1] + BASE + flags)

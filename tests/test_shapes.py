@@ -90,17 +90,17 @@ def test_tokenizer_one_token_per_word(tmp_path):
 def test_training_command_smoke_and_resume(tmp_path):
     """A few steps of each stage, then a resumed run with more steps, then export → a loadable pipeline."""
     from reprolib.pipelines import load_pipeline
-    from reprolib.shapes import train
+    from reprolib.shapes.train.__main__ import main as train_cli
 
     out = tmp_path / "run"
     args = ["--out", str(out), "--scenes", "96", "--vae-steps", "2", "--batch", "8"]
-    train.main(args + ["--unet-steps", "2"])
+    train_cli(args + ["--unet-steps", "2"])
     first = torch.load(out / "unet.pt")
     assert first["step"] == 2
-    train.main(args + ["--unet-steps", "3"])  # resumes: one more step, not three
+    train_cli(args + ["--unet-steps", "3"])  # resumes: one more step, not three
     second = torch.load(out / "unet.pt")
     assert second["step"] == 3 and len(second["history"]) == 2
-    train.main(["--out", str(out), "--export", str(tmp_path / "pipe")])
+    train_cli(["--out", str(out), "--export", str(tmp_path / "pipe")])
     card = json.loads((tmp_path / "pipe" / "training.json").read_text())
     assert card["unet_steps_done"] == 3
     assert len(card["commands"]) == 2 and card["commands"][-1].endswith("--unet-steps 3")  # resumed: both kept
@@ -123,12 +123,12 @@ def test_learning_rate_schedule():
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path):
-    from reprolib.shapes import train
+    from reprolib.shapes.train.__main__ import main as train_cli
 
     base = ["--scenes", "64", "--vae-steps", "2", "--batch", "4", "--decay-from", "1"]
-    train.main(["--out", str(tmp_path / "a")] + base + ["--unet-steps", "3"])
-    train.main(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "1"])
-    train.main(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "3"])
+    train_cli(["--out", str(tmp_path / "a")] + base + ["--unet-steps", "3"])
+    train_cli(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "1"])
+    train_cli(["--out", str(tmp_path / "b")] + base + ["--unet-steps", "3"])
     a, b = torch.load(tmp_path / "a" / "unet.pt"), torch.load(tmp_path / "b" / "unet.pt")
     for k in a["unet"]:
         torch.testing.assert_close(a["unet"][k], b["unet"][k])
@@ -165,13 +165,13 @@ def test_scene_mixes():
 def test_fine_tune_from_a_run(tmp_path):
     """--init-from starts from the EMA weights with the same VAE, tokenizer and scaling factor; v2 mix and
     padding mask train, resume exactly, and export says how to sample."""
-    from reprolib.shapes import train
+    from reprolib.shapes.train.__main__ import main as train_cli
 
     base = ["--scenes", "64", "--batch", "4"]
-    train.main(["--out", str(tmp_path / "v1"), "--vae-steps", "2", "--unet-steps", "2"] + base)
+    train_cli(["--out", str(tmp_path / "v1"), "--vae-steps", "2", "--unet-steps", "2"] + base)
     v1 = torch.load(tmp_path / "v1" / "unet.pt")
     v2 = base + ["--init-from", str(tmp_path / "v1"), "--mix", "v2", "--mask-padding"]
-    train.main(["--out", str(tmp_path / "same")] + v2 + ["--unet-steps", "1", "--lr", "0"])
+    train_cli(["--out", str(tmp_path / "same")] + v2 + ["--unet-steps", "1", "--lr", "0"])
     same = torch.load(tmp_path / "same" / "unet.pt")
     for k, v in v1["ema"]["unet"].items():  # no LR: the weights are the init's EMA weights
         torch.testing.assert_close(same["unet"][k], v)
@@ -182,9 +182,9 @@ def test_fine_tune_from_a_run(tmp_path):
     assert torch.load(tmp_path / "same" / "data.pt")["mix"] == "v2"
 
     sched = ["--lr", "3e-4", "--warmup", "1", "--decay-from", "1"]
-    train.main(["--out", str(tmp_path / "a")] + v2 + sched + ["--unet-steps", "3"])
-    train.main(["--out", str(tmp_path / "b")] + v2 + sched + ["--unet-steps", "2"])
-    train.main(["--out", str(tmp_path / "b")] + v2 + sched + ["--unet-steps", "3"])
+    train_cli(["--out", str(tmp_path / "a")] + v2 + sched + ["--unet-steps", "3"])
+    train_cli(["--out", str(tmp_path / "b")] + v2 + sched + ["--unet-steps", "2"])
+    train_cli(["--out", str(tmp_path / "b")] + v2 + sched + ["--unet-steps", "3"])
     a, b = torch.load(tmp_path / "a" / "unet.pt"), torch.load(tmp_path / "b" / "unet.pt")
     assert a["step"] == b["step"] == 3
     for k in a["unet"]:
@@ -192,7 +192,7 @@ def test_fine_tune_from_a_run(tmp_path):
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["mask_padding"] and run["mix"] == "v2" and len(run["commands"]) == 2
     assert run["init_from"] == str(tmp_path / "v1") and run["scaling_factor"] == sf
-    train.main(["--out", str(tmp_path / "b"), "--export", str(tmp_path / "pipe")])
+    train_cli(["--out", str(tmp_path / "b"), "--export", str(tmp_path / "pipe")])
     sampling = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
     assert sampling == {"steps": 25, "guidance_scale": 5.0, "mask_padding": True}
 
@@ -224,14 +224,14 @@ def test_decoder_fine_tune_keeps_the_latents(tmp_path):
     export ships the new decoder."""
     from safetensors.torch import load_file
 
-    from reprolib.shapes import train
+    from reprolib.shapes.train.__main__ import main as train_cli
 
     base = ["--scenes", "64", "--batch", "4"]
-    train.main(["--out", str(tmp_path / "v1"), "--vae-steps", "2", "--unet-steps", "2"] + base)
+    train_cli(["--out", str(tmp_path / "v1"), "--vae-steps", "2", "--unet-steps", "2"] + base)
     ft = base + ["--init-from", str(tmp_path / "v1"), "--unet-steps", "0"]
-    train.main(["--out", str(tmp_path / "a")] + ft + ["--decoder-steps", "3"])
-    train.main(["--out", str(tmp_path / "b")] + ft + ["--decoder-steps", "2"])
-    train.main(["--out", str(tmp_path / "b")] + ft + ["--decoder-steps", "3"])
+    train_cli(["--out", str(tmp_path / "a")] + ft + ["--decoder-steps", "3"])
+    train_cli(["--out", str(tmp_path / "b")] + ft + ["--decoder-steps", "2"])
+    train_cli(["--out", str(tmp_path / "b")] + ft + ["--decoder-steps", "3"])
     a, b = torch.load(tmp_path / "a" / "decoder.pt"), torch.load(tmp_path / "b" / "decoder.pt")
     assert a["step"] == b["step"] == 3 and set(a["model"]) == set(b["model"])
     assert all(k.startswith(("decoder.", "post_quant_conv.")) for k in a["model"])
@@ -239,8 +239,8 @@ def test_decoder_fine_tune_keeps_the_latents(tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k])
     assert json.loads((tmp_path / "b" / "run.json").read_text())["decoder_steps"] == 3
 
-    train.main(["--out", str(tmp_path / "v1"), "--export", str(tmp_path / "old")])
-    train.main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "new")])
+    train_cli(["--out", str(tmp_path / "v1"), "--export", str(tmp_path / "old")])
+    train_cli(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "new")])
     card = json.loads((tmp_path / "new" / "training.json").read_text())
     assert (card["unet_steps_done"], card["unet_steps_this_run"]) == (2, 0)  # the starting point's steps count
     old = load_file(tmp_path / "old" / "vae" / "diffusion_pytorch_model.safetensors")
@@ -255,13 +255,24 @@ def test_decoder_fine_tune_keeps_the_latents(tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x)
     cfg = [json.loads((tmp_path / d / "vae" / "config.json").read_text()) for d in ("old", "new")]
     assert cfg[0]["scaling_factor"] == cfg[1]["scaling_factor"]
-    train.main(["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a"), "--unet-steps", "0"] + base)
+    train_cli(["--out", str(tmp_path / "c"), "--init-from", str(tmp_path / "a"), "--unet-steps", "0"] + base)
     assert (tmp_path / "c" / "decoder.pt").read_bytes() == (tmp_path / "a" / "decoder.pt").read_bytes()  # travels
 
 
 def test_a_negative_decoder_step_count_is_named(tmp_path):
     from reprolib.checks import InputError
-    from reprolib.shapes import train
+    from reprolib.shapes.train.__main__ import main as train_cli
 
     with pytest.raises(InputError, match="--decoder-steps"):
-        train.main(["--out", str(tmp_path / "bad"), "--decoder-steps", "-1"])
+        train_cli(["--out", str(tmp_path / "bad"), "--decoder-steps", "-1"])
+
+
+def test_init_from_a_folder_without_a_unet_is_named(tmp_path, capsys):
+    from reprolib.shapes.train.__main__ import main as train_cli
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        train_cli(["--out", str(tmp_path / "new"), "--init-from", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "no unet.pt there" in err
+    assert not (tmp_path / "new").exists()  # refused before anything was written

@@ -1,0 +1,39 @@
+"""A run folder's EMA weights written as a standard diffusers pipeline folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..model import assemble, build_text_encoder, build_unet, build_vae
+from ..tokenizer import load_tokenizer
+from .record import text_size_of, unet_shape_of
+from .vae import load_decoder
+
+
+def export(out: Path, dest: Path) -> Path:
+    """Write the EMA weights as a standard diffusers pipeline folder (safetensors)."""
+    tokenizer = load_tokenizer(out / "tokenizer")
+    vae = build_vae()
+    vae.load_state_dict(torch.load(out / "vae.pt")["model"])
+    vae.register_to_config(scaling_factor=torch.load(out / "latents.pt")["scaling_factor"])
+    if (out / "decoder.pt").exists():  # a fine-tuned decoder (finetune_decoder)
+        load_decoder(vae, torch.load(out / "decoder.pt")["model"])
+    c = torch.load(out / "unet.pt")
+    meta = json.loads((out / "run.json").read_text())
+    width, layers = text_size_of(meta)
+    unet, text = build_unet(width, **unet_shape_of(meta)), build_text_encoder(tokenizer, width, layers)
+    unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
+    pipe = assemble(vae, unet, text, tokenizer)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    # steps in total, the starting point's included (a fine-tune's own are unet_steps_this_run)
+    done = c["step"] + meta.get("init_step", 0)
+    final = c["history"][-1]["loss"] if c["history"] else None
+    meta.update(unet_steps_done=done, unet_steps_this_run=c["step"], final_loss=final)
+    (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
+    # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask)
+    sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
+    (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
+    return Path(dest)

@@ -1,0 +1,273 @@
+"""The training command's options and their checks (each refusal names the flag and the fix)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ... import checks
+from .. import grounding, grow, world
+from ..model import HEAD_DIM, SCHEDULE, TEXT_DIM, TEXT_LAYERS, TRANSFORMER_LAYERS, UNET_CHANNELS
+from .record import text_size_of, unet_shape_of
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/shapes"), help="run folder (checkpoints, caches)")
+    # the defaults are the recipe of the shipped weights
+    p.add_argument("--scenes", type=int, default=40_000)
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--unet-steps", type=int, default=12_000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument(
+        "--decay-from",
+        type=int,
+        default=5000,
+        help="constant LR until this UNet step, then a cosine down to --lr-final at --unet-steps",
+    )
+    p.add_argument("--lr-final", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-3, help="UNet + text encoder peak learning rate")
+    p.add_argument("--warmup", type=int, default=0, help="linear LR warm-up over this many UNet steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mix",
+        choices=sorted(world.MIXES),
+        default="v1",
+        help="scene distribution (world.MIXES): v1 = the shipped one; v2 = more multi-object "
+        "scenes, a third of them repeating a shape in different colours; v3 = v2 with half the scenes three-object",
+    )
+    p.add_argument(
+        "--mask-padding",
+        action="store_true",
+        help="mask the slots after the first end-of-text token in cross-attention (padding_mask)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="fine-tune: start UNet + text encoder from this run folder's EMA weights, with its "
+        "tokenizer and frozen VAE (vae.pt copied; --vae-steps ignored) and a fresh optimizer",
+    )
+    p.add_argument(
+        "--scaling-factor",
+        type=float,
+        default=None,
+        help="latent scaling factor to keep (with --init-from: default that folder's latents.pt; "
+        "checkpoints/shapes has none: pass 0.9965722560882568, v1's)",
+    )
+    p.add_argument(
+        "--grounding",
+        type=float,
+        default=0.0,
+        help="weight of the grounding loss: each noun's cross-attention on its own object, every layer "
+        "(reprolib.shapes.grounding; 0 = off, the v1/v2 recipe)",
+    )
+    p.add_argument(
+        "--grounding-layers",
+        choices=list(grounding.GROUNDED_LAYERS),
+        default="all",
+        help="with --grounding: the layers it holds: all, outer (16x16 and 8x8; the 4x4 mid block left free) or "
+        "16x16 (those alone)",
+    )
+    p.add_argument(
+        "--grounding-max-t",
+        type=int,
+        default=None,
+        help="with --grounding: hold it only at timesteps below this (default: all); at the noisiest steps the "
+        "picture does not yet say where an object will be",
+    )
+    p.add_argument(
+        "--grounding-through",
+        choices=grounding.GROUNDING_THROUGH,
+        default="both",
+        help="with --grounding: the side its gradient reaches in each layer: both, keys (to_k and the text "
+        "states), queries (to_q and the UNet's features below it) or unet (all but the text states)",
+    )
+    p.add_argument(
+        "--attribute-dropout",
+        type=float,
+        default=0.0,
+        help="share of captions whose colour and size words are hidden from cross-attention (0 = off)",
+    )
+    p.add_argument(
+        "--token-swap",
+        type=float,
+        default=0.0,
+        help="share of captions with one object recoloured (and resized) in the picture and only its noun "
+        "token taken from the changed caption (reprolib.shapes.grounding; 0 = off)",
+    )
+    p.add_argument(
+        "--swap-reach",
+        type=float,
+        default=1.0,
+        help="with --token-swap: each swapped noun token goes a uniform 1 to this many times the way from the "
+        "old token to the new one, the picture still the changed one (1 = the new token, the v4 recipe)",
+    )
+    p.add_argument(
+        "--swap-late",
+        type=float,
+        default=0.0,
+        help=f"with --token-swap: share of the swapped captions whose noisy latent (at t >= {grounding.LATE_FROM}) "
+        "still shows the old picture while the target is the changed one, as a delayed edit meets it (0 = off)",
+    )
+    p.add_argument(
+        "--swap-name-size",
+        type=float,
+        default=0.0,
+        help="with --token-swap: share of the swapped objects whose caption names no size that get a size word "
+        "and are drawn in that size bin (a size edit on an unsized noun, taught; 0 = off)",
+    )
+    p.add_argument(
+        "--short-deltas",
+        type=float,
+        default=None,
+        help="with --token-swap: hold each swap's change of its noun token under this share of the token's "
+        f"length (a penalty of weight {grounding.SHORT_WEIGHT}; without it a colour delta is longer than the token)",
+    )
+    p.add_argument(
+        "--ground-adjectives",
+        action="store_true",
+        help="with --grounding: hold each object's colour and size words to its mask too, not only its noun",
+    )
+    p.add_argument(
+        "--text-width",
+        type=int,
+        default=TEXT_DIM,
+        help="the text encoder's width (heads of 32); with --init-from a narrower encoder is grown to it, its "
+        "function kept (reprolib.shapes.grow; 64 = v1-v3)",
+    )
+    p.add_argument(
+        "--text-layers",
+        type=int,
+        default=TEXT_LAYERS,
+        help="the text encoder's layers; with --init-from new layers start silent (3 = v1-v3)",
+    )
+    p.add_argument(
+        "--transformer-layers",
+        type=int,
+        nargs=3,
+        default=list(TRANSFORMER_LAYERS),
+        metavar=("AT_16x16", "AT_8x8", "MID"),
+        help="the UNet's transformer blocks per cross-attention layer at 16x16, 8x8 and in the 4x4 mid block "
+        "(diffusers' transformer_layers_per_block); with --init-from new blocks start silent (1 1 1 = v1-v3)",
+    )
+    p.add_argument(
+        "--unet-channels",
+        type=int,
+        nargs=3,
+        default=list(UNET_CHANNELS),
+        metavar=("AT_16x16", "AT_8x8", "AT_4x4"),
+        help=f"the UNet's channels at 16x16, 8x8 and 4x4 (heads of {HEAD_DIM}); a run from scratch only "
+        "(32 64 64 = v1-v3)",
+    )
+    p.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=0,
+        help="then fine-tune the VAE's decoder alone this many steps, encoder frozen, so the latents and the "
+        "UNet stay valid (finetune_decoder; 0 = off, the v1 recipe)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
+    return p
+
+
+def check(a, init: dict | None) -> None:
+    """Every flag's value, each refusal naming the flag and the fix; ``init``: --init-from's UNet checkpoint."""
+    for flag in ("scenes", "batch"):
+        checks.integer(getattr(a, flag), f"--{flag}", minimum=1)
+    for flag in ("vae_steps", "unet_steps", "warmup", "decoder_steps"):
+        checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=0)
+    for flag in ("lr", "lr_final", "grounding"):
+        if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
+            raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
+    for flag in ("attribute_dropout", "token_swap", "swap_late", "swap_name_size"):
+        name = "--" + flag.replace("_", "-")
+        if not 0 <= checks.number(getattr(a, flag), name, optional=False) <= 1:
+            raise checks.InputError(f"{name} must be in [0, 1], got {getattr(a, flag)}")
+    if checks.number(a.swap_reach, "--swap-reach", optional=False) < 1:
+        raise checks.InputError(f"--swap-reach must be >= 1 (1 = the changed token itself), got {a.swap_reach}")
+    if a.swap_reach != 1 and not a.token_swap:
+        raise checks.InputError(f"--swap-reach {a.swap_reach} needs --token-swap > 0 (it stretches swapped tokens)")
+    for flag in ("swap_late", "swap_name_size"):
+        if getattr(a, flag) and not a.token_swap:
+            name = "--" + flag.replace("_", "-")
+            raise checks.InputError(f"{name} {getattr(a, flag)} needs --token-swap > 0 (it changes swapped captions)")
+    if a.short_deltas is not None:
+        if checks.number(a.short_deltas, "--short-deltas", optional=False) <= 0:
+            raise checks.InputError(f"--short-deltas is a share of the token's length, > 0; got {a.short_deltas}")
+        if not a.token_swap:
+            raise checks.InputError(f"--short-deltas {a.short_deltas} needs --token-swap > 0 (it measures swaps)")
+    last = SCHEDULE["num_train_timesteps"]
+    if a.grounding_max_t is not None and checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) > last:
+        raise checks.InputError(f"--grounding-max-t is a training timestep, 1 to {last}; got {a.grounding_max_t}")
+    for given, used, why in (  # the options that shape the grounding loss, each pointless without it
+        (f"--grounding-layers {a.grounding_layers}", a.grounding_layers != "all", "it picks its layers"),
+        (f"--grounding-through {a.grounding_through}", a.grounding_through != "both", "it picks its side"),
+        ("--ground-adjectives", a.ground_adjectives, "it adds words to the grounding loss"),
+        (f"--grounding-max-t {a.grounding_max_t}", a.grounding_max_t is not None, "it limits it"),
+    ):
+        if used and not a.grounding:
+            raise checks.InputError(f"{given} needs --grounding > 0 ({why})")
+    checks.count(a.threads, "--threads")
+    _check_sizes(a, init)
+    if a.out.exists() and not a.out.is_dir():
+        raise checks.InputError(f"--out {a.out} is a file; give a run folder")
+
+
+def _words(values) -> str:
+    """``(2, 1, 1)`` as the command line writes it: ``2 1 1``."""
+    return " ".join(map(str, values))
+
+
+def _check_sizes(a, init: dict | None) -> None:
+    """The text encoder's and UNet's size options: valid, reachable from --init-from, a resumed run's own."""
+    checks.integer(a.text_layers, "--text-layers", minimum=1)
+    if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
+        raise checks.InputError(f"--text-width must be a multiple of {HEAD_DIM} (the heads' width), got {a.text_width}")
+    for n in a.transformer_layers:
+        checks.integer(n, "--transformer-layers", minimum=1)
+    for n in a.unet_channels:
+        if checks.integer(n, "--unet-channels", minimum=HEAD_DIM) % HEAD_DIM:
+            raise checks.InputError(f"--unet-channels must be multiples of {HEAD_DIM} (the heads' width), got {n}")
+    if init is not None:
+        old = init["ema"]
+        width, layers = old["text"][grow.TOKEN_EMBEDDING].shape[1], grow.layer_count(old["text"])
+        if a.text_width % width or a.text_layers < layers:
+            raise checks.InputError(
+                f"--text-width {a.text_width} / --text-layers {a.text_layers}: --init-from {a.init_from} has a text"
+                f" encoder {width} wide with {layers} layers; grow it (a whole multiple of {width} wide,"
+                f" at least {layers} layers) or leave both options out"
+            )
+        had = grow.transformer_depths(old["unet"])
+        if any(n < m for n, m in zip(a.transformer_layers, had)):
+            raise checks.InputError(
+                f"--transformer-layers {_words(a.transformer_layers)}: --init-from {a.init_from} has {_words(had)};"
+                " pass at least that many at each place (new blocks are added, none taken away)"
+            )
+        had = grow.unet_channels(old["unet"])
+        if had != tuple(a.unet_channels):
+            raise checks.InputError(
+                f"--unet-channels {_words(a.unet_channels)}: --init-from {a.init_from} has {_words(had)}; pass those"
+                " (a UNet does not grow wider here), or train from scratch without --init-from"
+            )
+    resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
+    if resumed:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
+        past = json.loads((a.out / "run.json").read_text())
+        size = text_size_of(past)
+        if size != (a.text_width, a.text_layers):
+            raise checks.InputError(
+                f"--text-width {a.text_width} / --text-layers {a.text_layers}: {a.out} was trained with"
+                f" {size[0]} / {size[1]}; pass those to resume it, or start a new --out"
+            )
+        was = unet_shape_of(past)
+        for flag, key, given in (
+            ("--transformer-layers", "transformer_layers", a.transformer_layers),
+            ("--unet-channels", "channels", a.unet_channels),
+        ):
+            if was[key] != tuple(given):
+                raise checks.InputError(
+                    f"{flag} {_words(given)}: {a.out} was trained with {_words(was[key])}; pass those to resume it,"
+                    " or start a new --out"
+                )
