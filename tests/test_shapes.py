@@ -109,6 +109,18 @@ def test_training_command_smoke_and_resume(tmp_path):
     assert img.shape == (64, 64, 3)
     sampling = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
     assert sampling == {"steps": 25, "guidance_scale": 5.0, "mask_padding": False}
+    # a second export does not replace the first unless asked; an untrained run has nothing to export
+    from reprolib.checks import InputError
+
+    before = (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    with pytest.raises(InputError, match="--export: .*model_index.json exists already.*--overwrite"):
+        train_cli(["--out", str(out), "--export", str(tmp_path / "pipe")])
+    assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    train_cli(["--out", str(out), "--export", str(tmp_path / "pipe"), "--overwrite"])
+    with pytest.raises(InputError, match="no trained UNet"):
+        train_cli(["--out", str(tmp_path / "nothing"), "--export", str(tmp_path / "pipe2")])
+    with pytest.raises(InputError, match="--overwrite needs --export"):
+        train_cli(args + ["--unet-steps", "3", "--overwrite"])
 
 
 def test_learning_rate_schedule():

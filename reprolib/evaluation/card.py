@@ -12,7 +12,7 @@ def _training(train: dict) -> list[str]:
     """The card's training lines: the commands in order, what they trained, and how the folder was exported."""
     found = re.search(r"--out (\S+)", train["command"])
     run = found[1] if found else "runs/shapes"
-    export = f"- export: `python -m reprolib.shapes.train --out {run} --export reprolib/shapes/weights`"
+    export = f"- export: `python -m reprolib.shapes.train --out {run} --export reprolib/shapes/weights --overwrite`"
     steps = f"(batch {train['batch']}, seed {train['seed']}, {train['scenes']} scenes); EMA weights shipped"
     if not train.get("init_from"):
         commands = train.get("commands", [])

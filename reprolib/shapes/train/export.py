@@ -12,6 +12,9 @@ from ..tokenizer import load_tokenizer
 from .record import text_size_of, unet_shape_of
 from .vae import load_decoder
 
+# what an export writes: an existing one is replaced only when asked (--overwrite)
+PIPELINE_FILES = ("model_index.json", "unet", "text_encoder", "vae", "tokenizer", "scheduler", "training.json")
+
 
 def export(out: Path, dest: Path) -> Path:
     """Write the EMA weights as a standard diffusers pipeline folder (safetensors)."""

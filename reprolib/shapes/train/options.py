@@ -9,6 +9,7 @@ from pathlib import Path
 from ... import checks
 from .. import grounding, grow, world
 from ..model import HEAD_DIM, SCHEDULE, TEXT_DIM, TEXT_LAYERS, TRANSFORMER_LAYERS, UNET_CHANNELS
+from .export import PIPELINE_FILES
 from .record import text_size_of, unet_shape_of
 
 
@@ -170,6 +171,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
+    p.add_argument("--overwrite", action="store_true", help="with --export: replace a pipeline already there")
     return p
 
 
@@ -214,6 +216,12 @@ def check(a, init: dict | None) -> None:
     _check_sizes(a, init)
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
+    if a.export:
+        if not (a.out / "unet.pt").is_file():
+            raise checks.InputError(f"--export: {a.out} has no trained UNet (unet.pt); train it first or give its run")
+        checks.output_path(a.export, "--export", overwrite=a.overwrite, folder=True, files=PIPELINE_FILES)
+    elif a.overwrite:
+        raise checks.InputError("--overwrite needs --export (it lets an export replace a pipeline folder)")
 
 
 def _words(values) -> str:
