@@ -464,6 +464,43 @@ def test_cli_argparse_refusals(capsys):
         assert e.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_evaluation_measures_a_given_size_delta(tmp_path, monkeypatch, capsys, shapes_pipe):
+    """--size-delta FILE: the leak table of that delta (a learned one, say), not of the contrastive one."""
+    import reprolib.evaluation.__main__ as cli
+    from reprolib.evaluation.specificity import Specificity
+
+    mine = contrastive_delta(shapes_pipe, "shapes/size") * 2.0
+    path = mine.save(tmp_path / "size.safetensors")
+    seen = {}
+
+    def fake(pipe, size, colour, *, seeds):
+        seen.update(size=size, seeds=list(seeds))
+        return Specificity(1.5, list(seeds), leak={("circle", "square"): 0.0}, growth={("circle", "square"): 1.0})
+
+    monkeypatch.setattr(cli, "specificity", fake)
+    monkeypatch.setattr(cli, "load_pipeline", lambda model: shapes_pipe)
+    assert cli.main(["--n", "0", "--specificity", "2", "--size-delta", str(path)]) == 0
+    assert seen["seeds"] == [0, 1] and set(seen["size"].vectors) == set(mine.vectors)
+    for k, v in mine.vectors.items():
+        assert torch.equal(seen["size"].vectors[k], v)
+    # a delta read off other text-encoder weights is refused by name before anything is measured
+    other = Delta({k: torch.ones_like(v) for k, v in mine.vectors.items()}, {**mine.meta, "fingerprint": {"x": [9.0]}})
+    other_path = other.save(tmp_path / "other.safetensors")
+    seen.clear()
+    rc = checks.run_cli(cli.main, ["--n", "0", "--specificity", "2", "--size-delta", str(other_path)], "prog")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "delta" in err[0] and not seen, err
+
+
+def test_evaluation_size_delta_refusals(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluation_cli(["--n", "1", "--size-delta", str(tmp_path / "d.safetensors")])
+    assert e.value.code == 2 and "--specificity" in capsys.readouterr().err
+    rc = checks.run_cli(evaluation_cli, ["--specificity", "1", "--size-delta", str(tmp_path / "nope.safetensors")], "p")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope.safetensors" in err[0], err
+
+
 def test_a_bug_keeps_its_traceback():
     def buggy(argv):
         raise KeyError("a bug")

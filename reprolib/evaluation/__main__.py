@@ -4,6 +4,7 @@ python -m reprolib.evaluation --n 200                     # faithfulness on 200 
 python -m reprolib.evaluation --n 200 --attention 32      # + attention localisation on 32 scenes
 python -m reprolib.evaluation --n 200 --attention 32 --card   # + MODEL_CARD.md of the shipped weights
 python -m reprolib.evaluation --n 0 --specificity 12      # size-delta leak for every shape pair, 12 seeds
+python -m reprolib.evaluation --n 0 --specificity 12 --size-delta runs/learned_size/delta.safetensors   # a learned one
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import json
 import sys
 
 from .. import checks
+from ..conditioning import TextConditioning
 from ..contrastive import contrastive_delta
+from ..delta import Delta
 from ..pipelines import load_pipeline
 from .card import write_card
 from .faithfulness import EVAL_SEED, faithfulness
@@ -36,6 +39,12 @@ def main(argv=None) -> int:
         metavar="SEEDS",
         help="also measure subject specificity of the size delta (and size+colour composition)",
     )
+    p.add_argument(
+        "--size-delta",
+        default=None,
+        metavar="FILE",
+        help="with --specificity: measure this size delta (e.g. a learned one) instead of the contrastive one",
+    )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
@@ -44,6 +53,9 @@ def main(argv=None) -> int:
         checks.integer(getattr(a, flag), f"--{flag}", minimum=0)
     if not (a.n or a.attention or a.specificity):
         p.error("nothing to measure: give --n, --attention or --specificity a positive number")
+    if a.size_delta and not a.specificity:
+        p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
+    size = Delta.load(a.size_delta) if a.size_delta else None  # a missing or unreadable file fails before loading
     if a.json:
         checks.output_path(a.json, "--json", overwrite=a.overwrite)
     if a.card and a.model != "shapes":
@@ -68,9 +80,11 @@ def main(argv=None) -> int:
         for layer, v in out["attention"]["layers"].items():
             print(f"attention  {layer:<28} noun mass on its object ÷ uniform share: {v:.2f}×")
     if a.specificity:
+        if size is not None:
+            size.check(TextConditioning(pipe))  # made with this model's text encoder, or a clear error
         spec = specificity(
             pipe,
-            contrastive_delta(pipe, "shapes/size"),
+            size if size is not None else contrastive_delta(pipe, "shapes/size"),
             contrastive_delta(pipe, "shapes/colour"),
             seeds=range(a.specificity),
         )
