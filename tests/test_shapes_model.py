@@ -1,5 +1,6 @@
 """The shipped shapes-world model: it loads fast, obeys captions, and its deltas act continuously."""
 
+import json
 import time
 
 import numpy as np
@@ -54,3 +55,27 @@ def test_shipped_learned_delta_fits_the_shipped_model(shapes_pipe):
     d = Delta.load(Path(__file__).resolve().parents[1] / "reprolib/shapes/deltas/size_learned.safetensors")
     assert d.meta["method"] == "learned" and "fingerprint" in d.meta
     d.check(TextConditioning(shapes_pipe))
+
+
+def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script, tmp_path, monkeypatch, capsys):
+    """benchmarks/shapes_bars.py at its smallest: every #13 bar gets a row, judged from the numbers it printed."""
+    bench = bench_script("shapes_bars")
+    monkeypatch.setattr(bench, "load_pipeline", lambda model: shapes_pipe)
+    out = tmp_path / "bars.json"
+    small = ["--captions", "3", "--more", "2", "--seeds", "1", "--scenes", "1", "--layout-seeds", "1"]
+    m = bench.main([*small, "--delta-seeds", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert m["faithfulness"]["captions"] == 5 and m["specificity"]["seeds"] == 1
+    assert json.loads(out.read_text())["met"] == m["met"]
+    layers = [k for k in m["localisation"]["layers"] if "(16x16)" in k or "(8x8)" in k]
+    assert len(layers) == 6 and len(m["met"]) == 4 + 2 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak
+    assert ("every bar met" in printed) == all(m["met"].values())
+    # the verdicts follow the numbers: one caption fewer counted right fails count
+    m["faithfulness"] = {**m["faithfulness"], "count": 0.949}
+    count = [ok for bar, _, ok in bench.rows(m) if bar.startswith("count")]
+    assert count == [False]
+    m["faithfulness"]["count"] = 0.95
+    assert [ok for bar, _, ok in bench.rows(m) if bar.startswith("count")] == [True]
+    # and the guided layers are held to 3x, the others to 2x
+    guided = [bar for bar, _, _ in bench.rows(m) if "≥ 3" in bar]
+    assert len(guided) == 3 and all("(8x8)" in bar for bar in guided)
