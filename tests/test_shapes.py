@@ -119,8 +119,37 @@ def test_training_command_smoke_and_resume(tmp_path):
     train_cli(["--out", str(out), "--export", str(tmp_path / "pipe"), "--overwrite"])
     with pytest.raises(InputError, match="no trained UNet"):
         train_cli(["--out", str(tmp_path / "nothing"), "--export", str(tmp_path / "pipe2")])
-    with pytest.raises(InputError, match="--overwrite needs --export"):
+    with pytest.raises(InputError, match="--overwrite needs --export or --keep"):
         train_cli(args + ["--unet-steps", "3", "--overwrite"])
+
+
+def test_keep_writes_a_small_starting_point(tmp_path):
+    """--keep copies the EMA weights, VAE, tokenizer and record; --init-from trains on from them alone."""
+    from reprolib.checks import InputError
+    from reprolib.shapes.train.__main__ import main as train_cli
+
+    run, kept = tmp_path / "run", tmp_path / "kept"
+    args = ["--scenes", "96", "--vae-steps", "2", "--batch", "8"]
+    train_cli(["--out", str(run), *args, "--unet-steps", "2"])
+    with pytest.raises(InputError, match="--keep: .*no trained UNet"):
+        train_cli(["--out", str(tmp_path / "nothing"), "--keep", str(kept)])
+    train_cli(["--out", str(run), "--keep", str(kept)])
+    full, small = torch.load(run / "unet.pt"), torch.load(kept / "unet.pt")
+    assert set(small) == {"ema", "step", "history"} and small["step"] == full["step"] == 2
+    for part in ("unet", "text"):
+        for k, v in full["ema"][part].items():
+            assert torch.equal(small["ema"][part][k], v)
+    assert (kept / "vae.pt").read_bytes() == (run / "vae.pt").read_bytes()
+    record = json.loads((kept / "run.json").read_text())
+    assert record["scaling_factor"] == torch.load(run / "latents.pt")["scaling_factor"]
+    # nothing is replaced unless asked
+    with pytest.raises(InputError, match="--keep: .*exists already.*--overwrite"):
+        train_cli(["--out", str(run), "--keep", str(kept)])
+    train_cli(["--out", str(run), "--keep", str(kept), "--overwrite"])
+    # a kept folder alone is a starting point: no latents.pt there, its scaling factor read from its record
+    train_cli(["--out", str(tmp_path / "next"), *args, "--init-from", str(kept), "--unet-steps", "1"])
+    again = json.loads((tmp_path / "next" / "run.json").read_text())
+    assert again["scaling_factor"] == record["scaling_factor"] and again["init_step"] == 2
 
 
 def test_learning_rate_schedule():

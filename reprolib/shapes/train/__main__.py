@@ -3,6 +3,7 @@
     python -m reprolib.shapes.train --out runs/shapes                 # the shipped recipe (resumes if interrupted)
     python -m reprolib.shapes.train --out runs/shapes --unet-steps 16000 --decay-from 12000  # train on further
     python -m reprolib.shapes.train --out runs/shapes --export reprolib/shapes/weights
+    python -m reprolib.shapes.train --out runs/shapes_v4 --keep checkpoints/shapes_v4   # keep a candidate (~15 MB)
     # v2: fine-tune v1's EMA weights on the v2 scene mix with the padding slots masked in cross-attention
     python -m reprolib.shapes.train --out runs/shapes_v2 --init-from checkpoints/shapes \
         --scaling-factor 0.9965722560882568 --mix v2 --mask-padding --lr 3e-4 --warmup 100 --decay-from 100 \
@@ -23,7 +24,7 @@ import torch
 from ... import checks
 from ..tokenizer import load_tokenizer, save_tokenizer
 from .data import data, training_scenes
-from .export import export
+from .export import export, keep
 from .options import check, parser
 from .record import record, unet_shape_of
 from .unet import train_unet
@@ -42,8 +43,11 @@ def main(argv=None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    if a.export:
-        print(f"exported to {export(a.out, a.export)}")
+    if a.export or a.keep:
+        if a.export:
+            print(f"exported to {export(a.out, a.export)}")
+        if a.keep:
+            print(f"kept in {keep(a.out, a.keep)} (train on from it with --init-from {a.keep})")
         return
     run = record(a, argv)
     tok_dir = a.out / "tokenizer"
@@ -53,6 +57,8 @@ def main(argv=None) -> None:
         init_run = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
         if sf_keep is None and (src / "latents.pt").exists():
             sf_keep = torch.load(src / "latents.pt")["scaling_factor"]
+        if sf_keep is None:  # a kept folder (--keep) records it
+            sf_keep = init_run.get("scaling_factor")
         if sf_keep is None:
             p.error(f"--init-from {src}: no latents.pt there; pass --scaling-factor (the one its UNet used)")
         run.update(

@@ -1,8 +1,10 @@
-"""A run folder's EMA weights written as a standard diffusers pipeline folder."""
+"""A run folder written out: as a standard diffusers pipeline folder (export), or kept as a small
+starting point that --init-from takes (keep)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -14,6 +16,8 @@ from .vae import load_decoder
 
 # what an export writes: an existing one is replaced only when asked (--overwrite)
 PIPELINE_FILES = ("model_index.json", "unet", "text_encoder", "vae", "tokenizer", "scheduler", "training.json")
+# what keep writes: the EMA weights alone (no optimiser state, no raw weights), the frozen VAE, its decoder
+KEEP_FILES = ("unet.pt", "vae.pt", "decoder.pt", "tokenizer", "run.json")
 
 
 def export(out: Path, dest: Path) -> Path:
@@ -40,3 +44,27 @@ def export(out: Path, dest: Path) -> Path:
     sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
+
+
+def keep(out: Path, dest: Path) -> Path:
+    """Copy what another run needs to start from this one (``--init-from dest``) into ``dest``.
+
+    The EMA weights with their step and loss history (a fifth of a resumable checkpoint: no raw weights, no
+    AdamW moments), the frozen VAE and fine-tuned decoder, the tokenizer and the run's record with the latent
+    scaling factor its UNet was trained on. Small enough to commit, so a candidate outlives the machine that
+    trained it; the rendered data and latents are not kept (the seed rebuilds them).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    c = torch.load(out / "unet.pt")
+    torch.save({"ema": c["ema"], "step": c["step"], "history": c["history"]}, dest / "unet.pt")
+    for part in ("vae.pt", "decoder.pt"):
+        if (out / part).exists():
+            shutil.copyfile(out / part, dest / part)
+    shutil.copytree(out / "tokenizer", dest / "tokenizer", dirs_exist_ok=True)
+    meta = json.loads((out / "run.json").read_text())
+    if "scaling_factor" not in meta:  # a run from scratch measured it: --init-from needs it without latents.pt
+        meta["scaling_factor"] = torch.load(out / "latents.pt")["scaling_factor"]
+    meta.update(kept_from=str(out), unet_steps_done=c["step"] + meta.get("init_step", 0))
+    (dest / "run.json").write_text(json.dumps(meta, indent=1))
+    return dest

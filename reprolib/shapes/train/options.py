@@ -9,7 +9,7 @@ from pathlib import Path
 from ... import checks
 from .. import grounding, grow, world
 from ..model import HEAD_DIM, SCHEDULE, TEXT_DIM, TEXT_LAYERS, TRANSFORMER_LAYERS, UNET_CHANNELS
-from .export import PIPELINE_FILES
+from .export import KEEP_FILES, PIPELINE_FILES
 from .record import text_size_of, unet_shape_of
 
 
@@ -171,7 +171,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--export", type=Path, default=None, help="write the trained pipeline here and exit")
-    p.add_argument("--overwrite", action="store_true", help="with --export: replace a pipeline already there")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="copy the run's EMA weights, VAE, tokenizer and record here (a folder --init-from takes, small "
+        "enough to commit) and exit",
+    )
+    p.add_argument("--overwrite", action="store_true", help="with --export or --keep: replace what is already there")
     return p
 
 
@@ -216,12 +223,14 @@ def check(a, init: dict | None) -> None:
     _check_sizes(a, init)
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
-    if a.export:
+    for flag, dest, files in (("--export", a.export, PIPELINE_FILES), ("--keep", a.keep, KEEP_FILES)):
+        if dest is None:
+            continue
         if not (a.out / "unet.pt").is_file():
-            raise checks.InputError(f"--export: {a.out} has no trained UNet (unet.pt); train it first or give its run")
-        checks.output_path(a.export, "--export", overwrite=a.overwrite, folder=True, files=PIPELINE_FILES)
-    elif a.overwrite:
-        raise checks.InputError("--overwrite needs --export (it lets an export replace a pipeline folder)")
+            raise checks.InputError(f"{flag}: {a.out} has no trained UNet (unet.pt); train it first or give its run")
+        checks.output_path(dest, flag, overwrite=a.overwrite, folder=True, files=files)
+    if a.overwrite and not (a.export or a.keep):
+        raise checks.InputError("--overwrite needs --export or --keep (it lets them replace what is there)")
 
 
 def _words(values) -> str:
@@ -260,7 +269,7 @@ def _check_sizes(a, init: dict | None) -> None:
                 f"--unet-channels {_words(a.unet_channels)}: --init-from {a.init_from} has {_words(had)}; pass those"
                 " (a UNet does not grow wider here), or train from scratch without --init-from"
             )
-    resumed = not a.export and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
+    resumed = not (a.export or a.keep) and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
     if resumed:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
         past = json.loads((a.out / "run.json").read_text())
         size = text_size_of(past)
