@@ -101,6 +101,20 @@ def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
 
 
+def reads_mask(ids: torch.Tensor, read_ids: list[int]) -> torch.Tensor:
+    """(batch, tokens) 1 at the start token and at the tokens whose id is in ``read_ids``, 0 elsewhere.
+
+    For models trained to read the caption through a few words alone (the shapes world's nouns: each
+    object's colour and size reach the UNet only through its noun, which the causal text encoder fills with
+    them, as the attribute deltas assume). The start token is always read: it carries no caption, so an
+    empty one, or a pixel no word describes, has a place to look.
+    """
+    ids = torch.as_tensor(ids)
+    read = torch.isin(ids, torch.as_tensor(read_ids, device=ids.device))
+    read[:, 0] = True
+    return read.long()
+
+
 def _encoder_name(text_encoder) -> str:
     dim = text_encoder.config.hidden_size
     return {768: "clip_l", 1024: "openclip_h", 1280: "openclip_g"}.get(dim, "clip")
@@ -119,8 +133,11 @@ class TextConditioning:
             }
         else:
             self.encoders = {_encoder_name(pipe.text_encoder): (pipe.tokenizer, pipe.text_encoder)}
-        # a model trained with its padding masked must be sampled the same way (its folder's reprolib.json says so)
-        self.mask_padding = bool((getattr(pipe, "reprolib_defaults", None) or {}).get("mask_padding", False))
+        # a model trained with its padding masked, or reading a few words alone, must be sampled the same way
+        # (its folder's reprolib.json says so)
+        declared = getattr(pipe, "reprolib_defaults", None) or {}
+        self.mask_padding = bool(declared.get("mask_padding", False))
+        self.reads = list(declared.get("cross_attention_reads", []))
 
     @property
     def dims(self) -> dict[str, int]:
@@ -176,8 +193,10 @@ class TextConditioning:
                 states[name] = enc(ids)[0]
         tokens = [self.tokenize(t) for t in texts]
         mask = None
-        if self.mask_padding:
-            ids = torch.tensor([t.ids for t in tokens], device=self.device)
+        ids = torch.tensor([t.ids for t in tokens], device=self.device)
+        if self.reads:
+            mask = reads_mask(ids, self.tokenizer.convert_tokens_to_ids([w + "</w>" for w in self.reads]))
+        elif self.mask_padding:
             mask = padding_mask(ids, self.tokenizer.eos_token_id)
         return Embeddings(states, pooled, tokens, mask)
 

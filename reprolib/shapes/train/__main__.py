@@ -98,6 +98,7 @@ def main(argv=None) -> None:
         lr_final=a.lr_final,
         init=init,
         mask_padding=a.mask_padding,
+        nouns_only=a.nouns_only,
         warmup=a.warmup,
         scenes=scenes,
         grounding_weight=a.grounding,

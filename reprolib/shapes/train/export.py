@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ... import checks
+from .. import world
 from ..model import assemble, build_text_encoder, build_unet, build_vae
 from ..tokenizer import load_tokenizer
 from .record import text_size_of, unet_shape_of
@@ -20,16 +22,25 @@ PIPELINE_FILES = ("model_index.json", "unet", "text_encoder", "vae", "tokenizer"
 KEEP_FILES = ("unet.pt", "vae.pt", "decoder.pt", "tokenizer", "run.json")
 
 
+def scaling_factor(out: Path, meta: dict) -> float:
+    """The latent scaling factor the run's UNet was trained on: its latents', or, in a kept folder, its record's."""
+    if (out / "latents.pt").exists():
+        return torch.load(out / "latents.pt")["scaling_factor"]
+    if "scaling_factor" not in meta:
+        raise checks.InputError(f"{out} has neither latents.pt nor a scaling_factor in run.json: give its run folder")
+    return meta["scaling_factor"]
+
+
 def export(out: Path, dest: Path) -> Path:
     """Write the EMA weights as a standard diffusers pipeline folder (safetensors)."""
     tokenizer = load_tokenizer(out / "tokenizer")
     vae = build_vae()
     vae.load_state_dict(torch.load(out / "vae.pt")["model"])
-    vae.register_to_config(scaling_factor=torch.load(out / "latents.pt")["scaling_factor"])
+    meta = json.loads((out / "run.json").read_text())
+    vae.register_to_config(scaling_factor=scaling_factor(out, meta))
     if (out / "decoder.pt").exists():  # a fine-tuned decoder (finetune_decoder)
         load_decoder(vae, torch.load(out / "decoder.pt")["model"])
     c = torch.load(out / "unet.pt")
-    meta = json.loads((out / "run.json").read_text())
     width, layers = text_size_of(meta)
     unet, text = build_unet(width, **unet_shape_of(meta)), build_text_encoder(tokenizer, width, layers)
     unet.load_state_dict(c["ema"]["unet"]), text.load_state_dict(c["ema"]["text"])
@@ -40,8 +51,11 @@ def export(out: Path, dest: Path) -> Path:
     final = c["history"][-1]["loss"] if c["history"] else None
     meta.update(unet_steps_done=done, unet_steps_this_run=c["step"], final_loss=final)
     (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
-    # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask)
+    # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask), with
+    # cross_attention_reads the nouns-only one (reads_mask)
     sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
+    if meta.get("nouns_only"):
+        sampling["cross_attention_reads"] = list(world.SHAPES)
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
 
@@ -63,8 +77,7 @@ def keep(out: Path, dest: Path) -> Path:
             shutil.copyfile(out / part, dest / part)
     shutil.copytree(out / "tokenizer", dest / "tokenizer", dirs_exist_ok=True)
     meta = json.loads((out / "run.json").read_text())
-    if "scaling_factor" not in meta:  # a run from scratch measured it: --init-from needs it without latents.pt
-        meta["scaling_factor"] = torch.load(out / "latents.pt")["scaling_factor"]
+    meta["scaling_factor"] = scaling_factor(out, meta)  # --init-from and --export need it without latents.pt
     meta.update(kept_from=str(out), unet_steps_done=c["step"] + meta.get("init_step", 0))
     (dest / "run.json").write_text(json.dumps(meta, indent=1))
     return dest

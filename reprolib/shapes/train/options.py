@@ -44,6 +44,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="mask the slots after the first end-of-text token in cross-attention (padding_mask)",
     )
     p.add_argument(
+        "--nouns-only",
+        action="store_true",
+        help="cross-attention reads the start token and the shape nouns alone, in training and sampling (the "
+        "export says so): each object's colour and size reach the UNet only through its noun, as the "
+        "attribute deltas assume, and the end-of-text summary of the whole caption is never read",
+    )
+    p.add_argument(
         "--init-from",
         type=Path,
         default=None,
