@@ -187,19 +187,20 @@ def test_padding_mask_covers_up_to_the_first_eos(tmp_path):
     assert mask.sum(1).tolist() == [5, 2]  # BOS a red circle EOS; BOS EOS
 
 
-def test_nouns_only_reads_the_start_token_and_the_nouns(tmp_path):
-    """--nouns-only trains with cross-attention on the start token and the shape nouns alone, the export
+def test_reads_nouns_reads_the_start_token_and_the_nouns(tmp_path):
+    """--reads nouns trains with cross-attention on the start token and the shape nouns alone, the export
     declares it, and sampling through the library builds the same mask (the unconditional branch: BOS alone)."""
     from reprolib.conditioning import TextConditioning, reads_mask
     from reprolib.pipelines import load_pipeline
+    from reprolib.shapes.grounding import READS
     from reprolib.shapes.train.__main__ import main as train_cli
 
     ids = torch.tensor([[0, 5, 6, 9, 9], [0, 9, 9, 9, 9]])
     assert reads_mask(ids, [6]).tolist() == [[1, 0, 1, 0, 0], [1, 0, 0, 0, 0]]
     run = tmp_path / "run"
     train_cli(["--out", str(run), "--scenes", "64", "--batch", "4", "--vae-steps", "2", "--unet-steps", "1",
-               "--mask-padding", "--nouns-only"])  # fmt: skip
-    assert json.loads((run / "run.json").read_text())["nouns_only"] is True
+               "--mask-padding", "--reads", "nouns"])  # fmt: skip
+    assert json.loads((run / "run.json").read_text())["reads"] == "nouns"
     train_cli(["--out", str(run), "--export", str(tmp_path / "pipe")])
     declared = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
     assert declared["cross_attention_reads"] == list(world.SHAPES)
@@ -207,6 +208,13 @@ def test_nouns_only_reads_the_start_token_and_the_nouns(tmp_path):
     e = cond.encode(["a red circle and a big green square", ""])
     read = [[t for t, m in zip(toks.tokens, row) if m] for toks, row in zip(e.tokens, e.mask.tolist())]
     assert read == [["<|startoftext|>", "circle</w>", "square</w>"], ["<|startoftext|>"]]
+    # no-attributes: every word but the colour and size words; never the end-of-text summary
+    words = [w + "</w>" for w in READS["no-attributes"]]
+    toks = cond.tokenize("a big red circle, a green square and a blue triangle")
+    mask = reads_mask(torch.tensor([toks.ids]), cond.tokenizer.convert_tokens_to_ids(words))[0].tolist()
+    assert " ".join(t.removesuffix("</w>") for t, m in zip(toks.tokens, mask) if m) == (
+        "<|startoftext|> a circle , a square and a triangle"
+    )
 
 
 def test_scene_mixes():

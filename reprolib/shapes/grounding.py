@@ -238,6 +238,15 @@ def late_target(xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, alphas_cump
     return (xt - a.sqrt() * x0) / (1 - a).sqrt()
 
 
+# which words cross-attention may read (--reads): the start token is always read; "all" masks nothing beyond
+# the padding. The end-of-text token is read only under "all": it summarises the whole caption.
+READS = {
+    "all": None,
+    "nouns": world.SHAPES,
+    "no-attributes": ("a", "and", ",", *world.SHAPES),
+}
+
+
 def attribute_positions(ids: torch.Tensor, tokenizer) -> torch.Tensor:
     """(n, tokens) bool: the colour and size words of each caption."""
     attr = {*world.PALETTE, *SIZE_BINS}

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ... import checks
-from .. import world
+from ..grounding import READS
 from ..model import assemble, build_text_encoder, build_unet, build_vae
 from ..tokenizer import load_tokenizer
 from .record import text_size_of, unet_shape_of
@@ -52,10 +52,11 @@ def export(out: Path, dest: Path) -> Path:
     meta.update(unet_steps_done=done, unet_steps_this_run=c["step"], final_loss=final)
     (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
     # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask), with
-    # cross_attention_reads the nouns-only one (reads_mask)
+    # cross_attention_reads the one of --reads (reads_mask)
     sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
-    if meta.get("nouns_only"):
-        sampling["cross_attention_reads"] = list(world.SHAPES)
+    reads = READS[meta.get("reads", "all")]
+    if reads:
+        sampling["cross_attention_reads"] = list(reads)
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
 

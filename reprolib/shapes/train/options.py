@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ... import checks
 from .. import grounding, grow, world
+from ..grounding import READS
 from ..model import HEAD_DIM, SCHEDULE, TEXT_DIM, TEXT_LAYERS, TRANSFORMER_LAYERS, UNET_CHANNELS
 from .export import KEEP_FILES, PIPELINE_FILES
 from .record import text_size_of, unet_shape_of
@@ -44,11 +45,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="mask the slots after the first end-of-text token in cross-attention (padding_mask)",
     )
     p.add_argument(
-        "--nouns-only",
-        action="store_true",
-        help="cross-attention reads the start token and the shape nouns alone, in training and sampling (the "
-        "export says so): each object's colour and size reach the UNet only through its noun, as the "
-        "attribute deltas assume, and the end-of-text summary of the whole caption is never read",
+        "--reads",
+        choices=sorted(READS),
+        default="all",
+        help="which words cross-attention reads, in training and sampling (the export says so): all; nouns = the "
+        "start token and the shape nouns alone (each object's colour and size reach the UNet only through its "
+        "noun, as the attribute deltas assume); no-attributes = every word but the colour and size words. Both "
+        "leave out the end-of-text token, whose summary of the whole caption contradicts a one-word edit",
     )
     p.add_argument(
         "--init-from",

@@ -45,8 +45,8 @@ def record(a, argv) -> dict:
         run["mix"] = a.mix
     if a.mask_padding:
         run["mask_padding"] = True
-    if a.nouns_only:
-        run["nouns_only"] = True
+    if a.reads != "all":
+        run["reads"] = a.reads
     if a.grounding:
         run["grounding"] = a.grounding
     if a.grounding_layers != "all":

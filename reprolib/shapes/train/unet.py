@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...conditioning import padding_mask, reads_mask
-from .. import grounding, grow, world
+from .. import grounding, grow
 from ..model import TEXT_DIM, TEXT_LAYERS, build_text_encoder, build_unet, training_scheduler
 from .data import save_atomic
 
@@ -116,7 +116,7 @@ def train_unet(
     lr_final: float = 5e-5,
     init: dict | None = None,
     mask_padding: bool = False,
-    nouns_only: bool = False,
+    reads: str = "all",
     warmup: int = 0,
     scenes: list | None = None,
     grounding_weight: float = 0.0,
@@ -138,7 +138,7 @@ def train_unet(
     """``init``: a UNet checkpoint to start from, as ``torch.load`` gives it (its EMA weights, as both the
     weights and the EMA copy; a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
-    ``nouns_only``: it reads the start token and the shape nouns alone (``reads_mask``).
+    ``reads``: the words it reads (``grounding.READS``; ``reads_mask``), the start token always.
     ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
     only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
@@ -182,7 +182,8 @@ def train_unet(
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
-    noun_ids = tokenizer.convert_tokens_to_ids([w + "</w>" for w in world.SHAPES])
+    words = grounding.READS[reads]
+    read_ids = None if words is None else tokenizer.convert_tokens_to_ids([w + "</w>" for w in words])
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
     t0, running = time.time(), None
@@ -198,8 +199,8 @@ def train_unet(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
         mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
-        if nouns_only:
-            mask = reads_mask(ids[idx], noun_ids)
+        if read_ids is not None:
+            mask = reads_mask(ids[idx], read_ids)
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
             mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
