@@ -102,6 +102,15 @@ def _models(tokenizer, init: dict | None, seed: int, width: int, layers: int, un
     return unet, text
 
 
+def reading_mask(ids: torch.Tensor, tokenizer, mask_padding: bool, reads: str) -> torch.Tensor | None:
+    """(captions, tokens): the slots cross-attention reads (``--reads``'s words, else up to the first
+    end-of-text with ``mask_padding``), or None where it reads them all."""
+    words = grounding.READS[reads]
+    if words is not None:
+        return reads_mask(ids, tokenizer.convert_tokens_to_ids([w + "</w>" for w in words]))
+    return padding_mask(ids, tokenizer.eos_token_id) if mask_padding else None
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -182,8 +191,7 @@ def train_unet(
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
-    words = grounding.READS[reads]
-    read_ids = None if words is None else tokenizer.convert_tokens_to_ids([w + "</w>" for w in words])
+    reading = reading_mask(ids, tokenizer, mask_padding, reads)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
     t0, running = time.time(), None
@@ -198,9 +206,7 @@ def train_unet(
             (xt, noise, cond, object_masks), ratio = swap(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
-        mask = padding_mask(ids[idx], tokenizer.eos_token_id) if mask_padding else None
-        if read_ids is not None:
-            mask = reads_mask(ids[idx], read_ids)
+        mask = None if reading is None else reading[idx]
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
             mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
