@@ -101,8 +101,8 @@ def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
 
 
-def reads_mask(ids: torch.Tensor, read_ids: list[int]) -> torch.Tensor:
-    """(batch, tokens) 1 at the start token and at the tokens whose id is in ``read_ids``, 0 elsewhere.
+def reads_mask(ids: torch.Tensor, tokenizer, words) -> torch.Tensor:
+    """(batch, tokens) 1 at the start token and at the whole-word tokens of ``words``, 0 elsewhere.
 
     For models trained to read the caption through a few words alone (the shapes world's nouns: each
     object's colour and size reach the UNet only through its noun, which the causal text encoder fills with
@@ -110,6 +110,7 @@ def reads_mask(ids: torch.Tensor, read_ids: list[int]) -> torch.Tensor:
     empty one, or a pixel no word describes, has a place to look.
     """
     ids = torch.as_tensor(ids)
+    read_ids = tokenizer.convert_tokens_to_ids([w + "</w>" for w in words])
     read = torch.isin(ids, torch.as_tensor(read_ids, device=ids.device))
     read[:, 0] = True
     return read.long()
@@ -195,7 +196,7 @@ class TextConditioning:
         mask = None
         ids = torch.tensor([t.ids for t in tokens], device=self.device)
         if self.reads:
-            mask = reads_mask(ids, self.tokenizer.convert_tokens_to_ids([w + "</w>" for w in self.reads]))
+            mask = reads_mask(ids, self.tokenizer, self.reads)
         elif self.mask_padding:
             mask = padding_mask(ids, self.tokenizer.eos_token_id)
         return Embeddings(states, pooled, tokens, mask)

@@ -195,12 +195,16 @@ def test_reads_nouns_reads_the_start_token_and_the_nouns(tmp_path):
     from reprolib.shapes.grounding import READS
     from reprolib.shapes.train.__main__ import main as train_cli
 
-    ids = torch.tensor([[0, 5, 6, 9, 9], [0, 9, 9, 9, 9]])
-    assert reads_mask(ids, [6]).tolist() == [[1, 0, 1, 0, 0], [1, 0, 0, 0, 0]]
+    tok = load_tokenizer(save_tokenizer(tmp_path / "tok"))
+    circle = tok.convert_tokens_to_ids("circle</w>")
+    ids = torch.tensor([[0, 5, circle, 9, 9], [0, 9, 9, 9, 9]])
+    assert reads_mask(ids, tok, ["circle"]).tolist() == [[1, 0, 1, 0, 0], [1, 0, 0, 0, 0]]
     run = tmp_path / "run"
     train_cli(["--out", str(run), "--scenes", "64", "--batch", "4", "--vae-steps", "2", "--unet-steps", "1",
                "--mask-padding", "--reads", "nouns"])  # fmt: skip
     assert json.loads((run / "run.json").read_text())["reads"] == "nouns"
+    with pytest.raises(SystemExit):  # argparse names the flag and its choices
+        train_cli(["--out", str(tmp_path / "bad"), "--reads", "verbs"])
     train_cli(["--out", str(run), "--export", str(tmp_path / "pipe")])
     declared = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
     assert declared["cross_attention_reads"] == list(world.SHAPES)
@@ -209,9 +213,8 @@ def test_reads_nouns_reads_the_start_token_and_the_nouns(tmp_path):
     read = [[t for t, m in zip(toks.tokens, row) if m] for toks, row in zip(e.tokens, e.mask.tolist())]
     assert read == [["<|startoftext|>", "circle</w>", "square</w>"], ["<|startoftext|>"]]
     # no-attributes: every word but the colour and size words; never the end-of-text summary
-    words = [w + "</w>" for w in READS["no-attributes"]]
     toks = cond.tokenize("a big red circle, a green square and a blue triangle")
-    mask = reads_mask(torch.tensor([toks.ids]), cond.tokenizer.convert_tokens_to_ids(words))[0].tolist()
+    mask = reads_mask(torch.tensor([toks.ids]), cond.tokenizer, READS["no-attributes"])[0].tolist()
     assert " ".join(t.removesuffix("</w>") for t, m in zip(toks.tokens, mask) if m) == (
         "<|startoftext|> a circle , a square and a triangle"
     )

@@ -24,7 +24,7 @@ import torch
 from ... import checks
 from ..tokenizer import load_tokenizer, save_tokenizer
 from .data import data, training_scenes
-from .export import export, keep
+from .export import export, keep, recorded_scaling_factor
 from .options import check, parser
 from .record import record, unet_shape_of
 from .unet import train_unet
@@ -55,12 +55,13 @@ def main(argv=None) -> None:
     if a.init_from:
         src = a.init_from
         init_run = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
-        if sf_keep is None and (src / "latents.pt").exists():
-            sf_keep = torch.load(src / "latents.pt")["scaling_factor"]
-        if sf_keep is None:  # a kept folder (--keep) records it
-            sf_keep = init_run.get("scaling_factor")
+        if sf_keep is None:  # its latents', or a kept folder's (--keep) record
+            sf_keep = recorded_scaling_factor(src, init_run)
         if sf_keep is None:
-            p.error(f"--init-from {src}: no latents.pt there; pass --scaling-factor (the one its UNet used)")
+            p.error(
+                f"--init-from {src}: no latents.pt there and none in its run.json; pass --scaling-factor "
+                "(the one its UNet used)"
+            )
         run.update(
             init_from=str(src),
             init_step=init["step"],

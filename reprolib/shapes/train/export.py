@@ -22,13 +22,20 @@ PIPELINE_FILES = ("model_index.json", "unet", "text_encoder", "vae", "tokenizer"
 KEEP_FILES = ("unet.pt", "vae.pt", "decoder.pt", "tokenizer", "run.json")
 
 
-def scaling_factor(out: Path, meta: dict) -> float:
-    """The latent scaling factor the run's UNet was trained on: its latents', or, in a kept folder, its record's."""
+def recorded_scaling_factor(out: Path, meta: dict) -> float | None:
+    """The latent scaling factor the run's UNet was trained on: its latents', or, in a kept folder, its record's
+    (``meta``, its run.json); None where it has neither."""
     if (out / "latents.pt").exists():
         return torch.load(out / "latents.pt")["scaling_factor"]
-    if "scaling_factor" not in meta:
+    return meta.get("scaling_factor")
+
+
+def scaling_factor(out: Path, meta: dict) -> float:
+    """:func:`recorded_scaling_factor`, refused by name where there is none."""
+    sf = recorded_scaling_factor(out, meta)
+    if sf is None:
         raise checks.InputError(f"{out} has neither latents.pt nor a scaling_factor in run.json: give its run folder")
-    return meta["scaling_factor"]
+    return sf
 
 
 def export(out: Path, dest: Path) -> Path:

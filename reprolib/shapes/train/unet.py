@@ -107,7 +107,7 @@ def reading_mask(ids: torch.Tensor, tokenizer, mask_padding: bool, reads: str) -
     end-of-text with ``mask_padding``), or None where it reads them all."""
     words = grounding.READS[reads]
     if words is not None:
-        return reads_mask(ids, tokenizer.convert_tokens_to_ids([w + "</w>" for w in words]))
+        return reads_mask(ids, tokenizer, words)
     return padding_mask(ids, tokenizer.eos_token_id) if mask_padding else None
 
 
