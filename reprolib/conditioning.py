@@ -107,13 +107,42 @@ def reads_mask(ids: torch.Tensor, tokenizer, words) -> torch.Tensor:
     For models trained to read the caption through a few words alone (the shapes world's nouns: each
     object's colour and size reach the UNet only through its noun, which the causal text encoder fills with
     them, as the attribute deltas assume). The start token is always read: it carries no caption, so an
-    empty one, or a pixel no word describes, has a place to look.
+    empty one, or a pixel no word describes, has a place to look. The tokenizer's end-of-text token among
+    ``words`` reads the first end-of-text slot (the caption's summary), never the padding after it.
     """
     ids = torch.as_tensor(ids)
-    read_ids = tokenizer.convert_tokens_to_ids([w + "</w>" for w in words])
+    eos = tokenizer.eos_token
+    read_ids = tokenizer.convert_tokens_to_ids([w + "</w>" for w in words if w != eos])
     read = torch.isin(ids, torch.as_tensor(read_ids, device=ids.device))
+    if eos in words:  # the padding mask's last slot is the first end-of-text token
+        mask = padding_mask(ids, tokenizer.eos_token_id)
+        read |= (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask.bool()
     read[:, 0] = True
     return read.long()
+
+
+def without_words(text: str, words) -> str:
+    """``text`` with these whole words taken out (what a summary that must not know them is made from)."""
+    drop = set(words)
+    return " ".join(w for w in text.split() if w not in drop)
+
+
+def with_summary(states: torch.Tensor, ids: torch.Tensor, summary: torch.Tensor, summary_ids, eos_id: int):
+    """``states`` (batch, tokens, dim) with each row's first end-of-text state taken from ``summary``'s.
+
+    The end-of-text token of a causal encoder sums up the whole caption. A model that reads it from a caption
+    with some words taken out (``without_words``) learns what the summary says (how many objects, which
+    shapes) while the words it leaves out reach the UNet only through their own tokens, so an edit of those
+    tokens (an attribute delta) is not contradicted by it.
+    """
+    def first_eos(x):
+        x = torch.as_tensor(x, device=states.device)
+        return (x == eos_id).int().argmax(1)
+
+    rows = torch.arange(len(states), device=states.device)
+    out = states.clone()
+    out[rows, first_eos(ids)] = summary[rows, first_eos(summary_ids)]
+    return out
 
 
 def _encoder_name(text_encoder) -> str:
@@ -139,6 +168,7 @@ class TextConditioning:
         declared = getattr(pipe, "reprolib_defaults", None) or {}
         self.mask_padding = bool(declared.get("mask_padding", False))
         self.reads = list(declared.get("cross_attention_reads", []))
+        self.summary_without = list(declared.get("summary_without", []))
 
     @property
     def dims(self) -> dict[str, int]:
@@ -192,6 +222,10 @@ class TextConditioning:
                 pooled = out[0]  # the last encoder's projected pooled output (text_embeds)
             else:
                 states[name] = enc(ids)[0]
+                if self.summary_without:  # the end-of-text state made without these words (with_summary)
+                    short = [self.tokenize(without_words(t, self.summary_without), tok).ids for t in texts]
+                    short = torch.tensor(short, device=enc.device)
+                    states[name] = with_summary(states[name], ids, enc(short)[0], short, tok.eos_token_id)
         tokens = [self.tokenize(t) for t in texts]
         mask = None
         ids = torch.tensor([t.ids for t in tokens], device=self.device)

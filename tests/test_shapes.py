@@ -220,6 +220,56 @@ def test_reads_nouns_reads_the_start_token_and_the_nouns(tmp_path):
     )
 
 
+def test_summary_without_attributes_is_trained_declared_and_sampled(tmp_path):
+    """--summary no-attributes: the end-of-text state cross-attention reads is the one of the caption without
+    its colour and size words, in training (the run's record) and sampling (the export declares the words)."""
+    from reprolib.checks import InputError
+    from reprolib.conditioning import TextConditioning, reads_mask, with_summary, without_words
+    from reprolib.pipelines import load_pipeline
+    from reprolib.shapes.grounding import READS
+    from reprolib.shapes.train.__main__ import main as train_cli
+
+    assert without_words("a big red circle, a green square", ["big", "red", "green"]) == "a circle, a square"
+    tok = load_tokenizer(save_tokenizer(tmp_path / "tok"))
+    ids = torch.tensor([[0, 5, 6, 9, 9], [0, 9, 9, 9, 9]])
+    short = torch.tensor([[0, 6, 9, 9, 9], [0, 9, 9, 9, 9]])
+    states, summary = torch.zeros(2, 5, 3), torch.arange(30.0).reshape(2, 5, 3)
+    out = with_summary(states, ids, summary, short, eos_id=9)
+    assert out[0, 3].tolist() == summary[0, 2].tolist() and out[1, 1].tolist() == summary[1, 1].tolist()
+    assert out.abs().sum().item() == summary[0, 2].sum().item() + summary[1, 1].sum().item()  # nothing else moved
+    eos = tok.eos_token_id
+    circle = tok.convert_tokens_to_ids("circle</w>")
+    # nouns+summary reads the first end-of-text slot (the padding shares its id and is not read)
+    mask = reads_mask(torch.tensor([[0, 5, circle, eos, eos]]), tok, READS["nouns+summary"])
+    assert mask.tolist() == [[1, 0, 1, 1, 0]]
+    base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--unet-steps", "1", "--mask-padding"]
+    for bad, match in (
+        (["--reads", "nouns"], "never reads the end-of-text"),
+        (["--token-swap", "0.5"], "--token-swap"),
+    ):
+        with pytest.raises(InputError, match=match):
+            train_cli(["--out", str(tmp_path / "bad"), *base, "--summary", "no-attributes", *bad])
+    with pytest.raises(InputError, match="needs --mask-padding"):
+        train_cli(["--out", str(tmp_path / "bad"), "--summary", "no-attributes"])
+    run = tmp_path / "run"
+    train_cli(["--out", str(run), *base, "--reads", "nouns+summary", "--summary", "no-attributes"])
+    assert json.loads((run / "run.json").read_text())["summary"] == "no-attributes"
+    with pytest.raises(InputError, match="--summary full: .* was trained with no-attributes"):
+        train_cli(["--out", str(run), *base[:-1], "--unet-steps", "2", "--mask-padding", "--reads", "nouns+summary"])
+    train_cli(["--out", str(run), "--export", str(tmp_path / "pipe")])
+    declared = json.loads((tmp_path / "pipe" / "reprolib.json").read_text())
+    assert set(declared["summary_without"]) == {*world.PALETTE, "small", "big"}
+    cond = TextConditioning(load_pipeline(tmp_path / "pipe", device="cpu"))
+    full, plain = cond.encode(["a big red circle and a green square"]), cond.encode(["a circle and a square"])
+    read = [t for t, m in zip(full.tokens[0].tokens, full.mask[0].tolist()) if m]
+    assert read == ["<|startoftext|>", "circle</w>", "square</w>", "<|endoftext|>"]
+    first_eos = full.tokens[0].tokens.index("<|endoftext|>")
+    got, want = full.states["clip"][0, first_eos], plain.states["clip"][0, 6]  # BOS a circle and a square EOS
+    torch.testing.assert_close(got, want)
+    colour = full.tokens[0].tokens.index("red</w>")  # the words themselves keep their own (causal) states
+    assert not torch.allclose(full.states["clip"][0, colour + 1], plain.states["clip"][0, 2])
+
+
 def test_scene_mixes():
     v1 = world.scenes(300, seed=7)
     assert world.scenes(300, seed=7, **world.MIXES["v1"]) == v1  # the default distribution is v1's

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from . import world
+from .tokenizer import EOS
 
 MAX_OBJECTS = 3
 MASK_RES = 16  # the UNet's largest attention maps; smaller ones are average-pooled from it
@@ -239,12 +240,15 @@ def late_target(xt: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, alphas_cump
 
 
 # which words cross-attention may read (--reads): the start token is always read; "all" masks nothing beyond
-# the padding. The end-of-text token is read only under "all": it summarises the whole caption.
+# the padding. The end-of-text token (EOS) summarises the whole caption: "all" and "nouns+summary" read it.
 READS = {
     "all": None,
     "nouns": world.SHAPES,
+    "nouns+summary": (*world.SHAPES, EOS),
     "no-attributes": ("a", "and", ",", *world.SHAPES),
 }
+# the words the end-of-text summary is made without (--summary; conditioning.with_summary)
+SUMMARIES = {"full": None, "no-attributes": (*world.PALETTE, *SIZE_BINS)}
 
 
 def attribute_positions(ids: torch.Tensor, tokenizer) -> torch.Tensor:

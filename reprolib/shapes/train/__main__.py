@@ -100,6 +100,7 @@ def main(argv=None) -> None:
         init=init,
         mask_padding=a.mask_padding,
         reads=a.reads,
+        summary=a.summary,
         warmup=a.warmup,
         scenes=scenes,
         grounding_weight=a.grounding,

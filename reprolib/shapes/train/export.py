@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ... import checks
-from ..grounding import READS
+from ..grounding import READS, SUMMARIES
 from ..model import assemble, build_text_encoder, build_unet, build_vae
 from ..tokenizer import load_tokenizer
 from .record import text_size_of, unet_shape_of
@@ -64,6 +64,9 @@ def export(out: Path, dest: Path) -> Path:
     reads = READS[meta.get("reads", "all")]
     if reads:
         sampling["cross_attention_reads"] = list(reads)
+    summary = SUMMARIES[meta.get("summary", "full")]
+    if summary:  # TextConditioning makes the end-of-text state without these words (with_summary)
+        sampling["summary_without"] = list(summary)
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
 

@@ -50,8 +50,17 @@ def parser(description: str) -> argparse.ArgumentParser:
         default="all",
         help="which words cross-attention reads, in training and sampling (the export says so): all; nouns = the "
         "start token and the shape nouns alone (each object's colour and size reach the UNet only through its "
-        "noun, as the attribute deltas assume); no-attributes = every word but the colour and size words. Both "
-        "leave out the end-of-text token, whose summary of the whole caption contradicts a one-word edit",
+        "noun, as the attribute deltas assume); nouns+summary = those and the end-of-text token; no-attributes = "
+        "every word but the colour and size words. nouns and no-attributes leave out the end-of-text token, whose "
+        "summary of the whole caption contradicts a one-word edit (unless --summary no-attributes)",
+    )
+    p.add_argument(
+        "--summary",
+        choices=sorted(grounding.SUMMARIES),
+        default="full",
+        help="what the end-of-text token cross-attention reads sums up, in training and sampling (the export "
+        "says so): full = the caption; no-attributes = the caption without its colour and size words (how many "
+        "objects and which shapes), so an edit of one noun's colour or size is not contradicted by it",
     )
     p.add_argument(
         "--init-from",
@@ -229,6 +238,7 @@ def check(a, init: dict | None) -> None:
     ):
         if used and not a.grounding:
             raise checks.InputError(f"{given} needs --grounding > 0 ({why})")
+    _check_summary(a)
     checks.count(a.threads, "--threads")
     _check_sizes(a, init)
     if a.out.exists() and not a.out.is_dir():
@@ -241,6 +251,27 @@ def check(a, init: dict | None) -> None:
         checks.output_path(dest, flag, overwrite=a.overwrite, folder=True, files=files)
     if a.overwrite and not (a.export or a.keep):
         raise checks.InputError("--overwrite needs --export or --keep (it lets them replace what is there)")
+
+
+def _check_summary(a) -> None:
+    """--summary changes the end-of-text token: refused where cross-attention does not read it alone."""
+    if a.summary == "full":
+        return
+    if a.reads == "all" and not a.mask_padding:
+        raise checks.InputError(
+            f"--summary {a.summary} needs --mask-padding with --reads all: the padding slots after the end-of-text"
+            " token sum up the whole caption too"
+        )
+    if a.reads not in ("all", "nouns+summary"):
+        raise checks.InputError(
+            f"--summary {a.summary}: --reads {a.reads} never reads the end-of-text token; pass --reads nouns+summary"
+            " or --reads all --mask-padding"
+        )
+    if a.token_swap:
+        raise checks.InputError(
+            f"--summary {a.summary} with --token-swap {a.token_swap}: swapped captions would keep the full summary;"
+            " leave one out"
+        )
 
 
 def _words(values) -> str:
@@ -298,3 +329,18 @@ def _check_sizes(a, init: dict | None) -> None:
                     f"{flag} {_words(given)}: {a.out} was trained with {_words(was[key])}; pass those to resume it,"
                     " or start a new --out"
                 )
+        _check_same_reading(a, past)
+
+
+def _check_same_reading(a, past: dict) -> None:
+    """A resumed run reads the caption as it was trained to: a changed mask would train a different model."""
+    for flag, key, given, default in (
+        ("--reads", "reads", a.reads, "all"),
+        ("--summary", "summary", a.summary, "full"),
+        ("--mask-padding", "mask_padding", a.mask_padding, False),
+    ):
+        if past.get(key, default) != given:
+            raise checks.InputError(
+                f"{flag} {given}: {a.out} was trained with {past.get(key, default)}; pass that to resume it,"
+                " or start a new --out"
+            )

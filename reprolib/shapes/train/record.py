@@ -47,6 +47,8 @@ def record(a, argv) -> dict:
         run["mask_padding"] = True
     if a.reads != "all":
         run["reads"] = a.reads
+    if a.summary != "full":
+        run["summary"] = a.summary
     if a.grounding:
         run["grounding"] = a.grounding
     if a.grounding_layers != "all":

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ...conditioning import padding_mask, reads_mask
+from ...conditioning import padding_mask, reads_mask, with_summary, without_words
 from .. import grounding, grow
 from ..model import TEXT_DIM, TEXT_LAYERS, build_text_encoder, build_unet, training_scheduler
 from .data import save_atomic
@@ -111,6 +111,21 @@ def reading_mask(ids: torch.Tensor, tokenizer, mask_padding: bool, reads: str) -
     return padding_mask(ids, tokenizer.eos_token_id) if mask_padding else None
 
 
+def summary_ids(captions: list[str], tokenizer, summary: str) -> torch.Tensor | None:
+    """The token ids of the captions the end-of-text summary is made from (``grounding.SUMMARIES``), or None."""
+    words = grounding.SUMMARIES[summary]
+    if words is None:
+        return None
+    short = [without_words(c, words) for c in captions]
+    return tokenizer(short, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+
+
+def _text_states(text, ids: torch.Tensor, short: torch.Tensor | None, eos_id: int) -> torch.Tensor:
+    """The encoder's states of ``ids``, the end-of-text one made from ``short`` where given (``with_summary``)."""
+    states = text(ids)[0]
+    return states if short is None else with_summary(states, ids, text(short)[0], short, eos_id)
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -126,6 +141,7 @@ def train_unet(
     init: dict | None = None,
     mask_padding: bool = False,
     reads: str = "all",
+    summary: str = "full",
     warmup: int = 0,
     scenes: list | None = None,
     grounding_weight: float = 0.0,
@@ -148,6 +164,7 @@ def train_unet(
     weights and the EMA copy; a fresh optimizer); only used until this run has written its own checkpoint.
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
     ``reads``: the words it reads (``grounding.READS``; ``reads_mask``), the start token always.
+    ``summary``: the words the end-of-text state is made without (``grounding.SUMMARIES``; ``with_summary``).
     ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
     only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
@@ -191,7 +208,7 @@ def train_unet(
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
-    reading = reading_mask(ids, tokenizer, mask_padding, reads)
+    reading, short = reading_mask(ids, tokenizer, mask_padding, reads), summary_ids(captions, tokenizer, summary)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
     t0, running = time.time(), None
@@ -201,7 +218,8 @@ def train_unet(
         g = torch.Generator().manual_seed(seed * 1_000_003 + 500_000 + step)
         idx = torch.randint(0, len(ids), (batch,), generator=g)
         xt, noise, t = _noised(latents["mean"][idx], latents["std"][idx], latents["scaling_factor"], sched, g)
-        cond, object_masks = text(ids[idx])[0], masks[idx] if grounding_weight else None
+        cond = _text_states(text, ids[idx], None if short is None else short[idx], tokenizer.eos_token_id)
+        object_masks = masks[idx] if grounding_weight else None
         if token_swap:
             (xt, noise, cond, object_masks), ratio = swap(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
