@@ -135,14 +135,14 @@ def with_summary(states: torch.Tensor, ids: torch.Tensor, summary: torch.Tensor,
     shapes) while the words it leaves out reach the UNet only through their own tokens, so an edit of those
     tokens (an attribute delta) is not contradicted by it.
     """
-    def first_eos(x):
-        x = torch.as_tensor(x, device=states.device)
-        return (x == eos_id).int().argmax(1)
-
     rows = torch.arange(len(states), device=states.device)
     out = states.clone()
-    out[rows, first_eos(ids)] = summary[rows, first_eos(summary_ids)]
+    out[rows, _first_eos(ids, eos_id, states.device)] = summary[rows, _first_eos(summary_ids, eos_id, states.device)]
     return out
+
+
+def _first_eos(ids, eos_id: int, device) -> torch.Tensor:
+    return (torch.as_tensor(ids, device=device) == eos_id).int().argmax(1)
 
 
 def _encoder_name(text_encoder) -> str:
