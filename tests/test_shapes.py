@@ -243,12 +243,8 @@ def test_summary_without_attributes_is_trained_declared_and_sampled(tmp_path):
     mask = reads_mask(torch.tensor([[0, 5, circle, eos, eos]]), tok, READS["nouns+summary"])
     assert mask.tolist() == [[1, 0, 1, 1, 0]]
     base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--unet-steps", "1", "--mask-padding"]
-    for bad, match in (
-        (["--reads", "nouns"], "never reads the end-of-text"),
-        (["--token-swap", "0.5"], "--token-swap"),
-    ):
-        with pytest.raises(InputError, match=match):
-            train_cli(["--out", str(tmp_path / "bad"), *base, "--summary", "no-attributes", *bad])
+    with pytest.raises(InputError, match="never reads the end-of-text"):
+        train_cli(["--out", str(tmp_path / "bad"), *base, "--summary", "no-attributes", "--reads", "nouns"])
     with pytest.raises(InputError, match="needs --mask-padding"):
         train_cli(["--out", str(tmp_path / "bad"), "--summary", "no-attributes"])
     run = tmp_path / "run"

@@ -254,7 +254,10 @@ def check(a, init: dict | None) -> None:
 
 
 def _check_summary(a) -> None:
-    """--summary changes the end-of-text token: refused where cross-attention does not read it alone."""
+    """--summary changes the end-of-text token: refused where cross-attention does not read it alone.
+
+    (--token-swap composes with it: a swap changes colour and size words, which the summary is made without.)
+    """
     if a.summary == "full":
         return
     if a.reads == "all" and not a.mask_padding:
@@ -266,11 +269,6 @@ def _check_summary(a) -> None:
         raise checks.InputError(
             f"--summary {a.summary}: --reads {a.reads} never reads the end-of-text token; pass --reads nouns+summary"
             " or --reads all --mask-padding"
-        )
-    if a.token_swap:
-        raise checks.InputError(
-            f"--summary {a.summary} with --token-swap {a.token_swap}: swapped captions would keep the full summary;"
-            " leave one out"
         )
 
 
