@@ -96,9 +96,14 @@ def padding_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     slots, so each word's own token carries it. An empty caption keeps its start and end tokens.
     """
     ids = torch.as_tensor(ids)
+    return (torch.arange(ids.shape[1], device=ids.device)[None] <= first_eos(ids, eos_id)[:, None]).long()
+
+
+def first_eos(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(batch,) each row's first end-of-text position (the last slot where a truncated row has none)."""
+    ids = torch.as_tensor(ids)
     is_eos = ids == eos_id
-    first = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(ids[:, 0], ids.shape[1] - 1))
-    return (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(ids[:, 0], ids.shape[1] - 1))
 
 
 def reads_mask(ids: torch.Tensor, tokenizer, words) -> torch.Tensor:
@@ -114,9 +119,8 @@ def reads_mask(ids: torch.Tensor, tokenizer, words) -> torch.Tensor:
     eos = tokenizer.eos_token
     read_ids = tokenizer.convert_tokens_to_ids([w + "</w>" for w in words if w != eos])
     read = torch.isin(ids, torch.as_tensor(read_ids, device=ids.device))
-    if eos in words:  # the padding mask's last slot is the first end-of-text token
-        mask = padding_mask(ids, tokenizer.eos_token_id)
-        read |= (mask.cumsum(1) == mask.sum(1, keepdim=True)) & mask.bool()
+    if eos in words:
+        read[torch.arange(len(ids), device=ids.device), first_eos(ids, tokenizer.eos_token_id)] = True
     read[:, 0] = True
     return read.long()
 
@@ -137,12 +141,10 @@ def with_summary(states: torch.Tensor, ids: torch.Tensor, summary: torch.Tensor,
     """
     rows = torch.arange(len(states), device=states.device)
     out = states.clone()
-    out[rows, _first_eos(ids, eos_id, states.device)] = summary[rows, _first_eos(summary_ids, eos_id, states.device)]
+    out[rows, first_eos(ids, eos_id).to(states.device)] = summary[
+        rows, first_eos(summary_ids, eos_id).to(states.device)
+    ]
     return out
-
-
-def _first_eos(ids, eos_id: int, device) -> torch.Tensor:
-    return (torch.as_tensor(ids, device=device) == eos_id).int().argmax(1)
 
 
 def _encoder_name(text_encoder) -> str:

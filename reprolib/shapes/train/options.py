@@ -240,7 +240,10 @@ def check(a, init: dict | None) -> None:
             raise checks.InputError(f"{given} needs --grounding > 0 ({why})")
     _check_summary(a)
     checks.count(a.threads, "--threads")
-    _check_sizes(a, init)
+    past = _resumed_record(a)
+    _check_sizes(a, init, past)
+    if past is not None:
+        _check_same_reading(a, past)
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
     for flag, dest, files in (("--export", a.export, PIPELINE_FILES), ("--keep", a.keep, KEEP_FILES)):
@@ -277,7 +280,13 @@ def _words(values) -> str:
     return " ".join(map(str, values))
 
 
-def _check_sizes(a, init: dict | None) -> None:
+def _resumed_record(a) -> dict | None:
+    """The run.json of the run --out resumes, or None where this call starts one (or exports or keeps)."""
+    resumed = not (a.export or a.keep) and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
+    return json.loads((a.out / "run.json").read_text()) if resumed else None
+
+
+def _check_sizes(a, init: dict | None, past: dict | None) -> None:
     """The text encoder's and UNet's size options: valid, reachable from --init-from, a resumed run's own."""
     checks.integer(a.text_layers, "--text-layers", minimum=1)
     if checks.integer(a.text_width, "--text-width", minimum=HEAD_DIM) % HEAD_DIM:
@@ -308,9 +317,7 @@ def _check_sizes(a, init: dict | None) -> None:
                 f"--unet-channels {_words(a.unet_channels)}: --init-from {a.init_from} has {_words(had)}; pass those"
                 " (a UNet does not grow wider here), or train from scratch without --init-from"
             )
-    resumed = not (a.export or a.keep) and (a.out / "unet.pt").exists() and (a.out / "run.json").exists()
-    if resumed:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
-        past = json.loads((a.out / "run.json").read_text())
+    if past is not None:  # a resumed run keeps its encoder's and UNet's size (an export reads them from run.json)
         size = text_size_of(past)
         if size != (a.text_width, a.text_layers):
             raise checks.InputError(
@@ -327,7 +334,6 @@ def _check_sizes(a, init: dict | None) -> None:
                     f"{flag} {_words(given)}: {a.out} was trained with {_words(was[key])}; pass those to resume it,"
                     " or start a new --out"
                 )
-        _check_same_reading(a, past)
 
 
 def _check_same_reading(a, past: dict) -> None:

@@ -116,8 +116,14 @@ def summary_ids(captions: list[str], tokenizer, summary: str) -> torch.Tensor | 
     words = grounding.SUMMARIES[summary]
     if words is None:
         return None
-    short = [without_words(c, words) for c in captions]
-    return tokenizer(short, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    return token_ids([without_words(c, words) for c in captions], tokenizer)
+
+
+def token_ids(captions: list[str], tokenizer) -> torch.Tensor:
+    """(captions, tokens) padded and truncated to the tokenizer's length, as the encoder reads them."""
+    return tokenizer(
+        captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
 
 
 def _text_states(text, ids: torch.Tensor, short: torch.Tensor | None, eos_id: int) -> torch.Tensor:
@@ -188,9 +194,7 @@ def train_unet(
     if start >= steps:
         return unet, text, ema, history
     sched, skip = training_scheduler(), grounding.GROUNDED_LAYERS[grounding_layers]
-    ids = tokenizer(
-        captions, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
+    ids = token_ids(captions, tokenizer)
     if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
         grounded = grounding.phrase_targets(positions, ids, tokenizer) if ground_adjectives else positions
