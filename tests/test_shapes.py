@@ -247,6 +247,8 @@ def test_summary_without_attributes_is_trained_declared_and_sampled(tmp_path):
         train_cli(["--out", str(tmp_path / "bad"), *base, "--summary", "no-attributes", "--reads", "nouns"])
     with pytest.raises(InputError, match="needs --mask-padding"):
         train_cli(["--out", str(tmp_path / "bad"), "--summary", "no-attributes"])
+    with pytest.raises(SystemExit):  # argparse names the flag and its choices
+        train_cli(["--out", str(tmp_path / "bad"), "--summary", "colours"])
     run = tmp_path / "run"
     train_cli(["--out", str(run), *base, "--reads", "nouns+summary", "--summary", "no-attributes"])
     assert json.loads((run / "run.json").read_text())["summary"] == "no-attributes"
