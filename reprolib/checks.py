@@ -54,6 +54,13 @@ def integer(value, name: str, *, minimum: int | None = None, fix: str = "") -> i
     return int(value)
 
 
+def among(values: Sequence, name: str, allowed: Sequence) -> tuple:
+    """``values`` as a tuple, each one of ``allowed`` (the error lists them)."""
+    if bad := [v for v in values if v not in allowed]:
+        raise InputError(f"{name}={_show(tuple(values))}: {bad[0]!r} is not allowed here; pick from {list(allowed)}")
+    return tuple(values)
+
+
 def count(value, name: str, *, minimum: int = 1) -> int | None:
     """A count such as ``steps``: None (the default) or an int ≥ ``minimum``; 0 is an error, not the default."""
     if value is None:

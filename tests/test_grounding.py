@@ -25,8 +25,9 @@ def _ids(tokenizer, captions):
     return tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
 
 
-def test_noun_targets_point_at_each_objects_noun_and_cover_it(tokenizer):
-    scenes = world.scenes(60, seed=3, p_empty=0.1, **world.MIXES["v2"])
+@pytest.mark.parametrize("mix", ["v2", "v4"])  # v4: a colour may repeat, so the k-th noun is the k-th object's
+def test_noun_targets_point_at_each_objects_noun_and_cover_it(tokenizer, mix):
+    scenes = world.scenes(60, seed=3, p_empty=0.1, **world.MIXES[mix])
     ids = _ids(tokenizer, [s.caption for s in scenes])
     pos, masks = grounding.noun_targets(scenes, ids, tokenizer)
     words = [[t.removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(r.tolist())] for r in ids]
@@ -40,6 +41,8 @@ def test_noun_targets_point_at_each_objects_noun_and_cover_it(tokenizer):
             area = world.coverage(obj).sum()
             assert float(masks[i, k].float().sum()) == pytest.approx(area / 16, rel=0.01)
     assert (pos >= 0).sum() > 60  # the v2 mix: mostly several objects
+    if mix == "v4":
+        assert any(len({o.colour for o in s.objects}) < len(s.objects) for s in scenes if s.caption)
 
 
 def test_phrase_targets_add_each_objects_colour_and_size_words(tokenizer):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from reprolib.evaluation.deltas import Sweep
-from reprolib.evaluation.specificity import Specificity
+from reprolib.evaluation.specificity import Specificity, specificity
 from reprolib.evaluation.stats import leak_ratio
 from reprolib.reproduce import Outcome, Registry, default_sections
 from reprolib.reproduce.__main__ import main
@@ -86,10 +86,22 @@ def test_sweeps_from_single_seeds_join_as_one_sweep():
     both = join([s0, s1])
     assert both.seeds == [0, 1] and both.target.shape == (3, 2)
     assert both.leak() == pytest.approx(abs(5.5 - 5.0) / abs(35.0 - 11.0))
-    spec = [Specificity(1.5, [k], sweeps={("circle", "square"): s}, kept={("circle", "square"): k}) for k, s in
-            enumerate([s0, s1])]  # fmt: skip
+    pair = ("circle", "square")
+    spec = [
+        Specificity(1.5, [k], sweeps={pair: s}, kept_by_colour={"green": {pair: k}, "yellow": {pair: 1.0}})
+        for k, s in enumerate([s0, s1])
+    ]
     merged = Specificity.merge(spec)
-    assert merged.leak[("circle", "square")] == pytest.approx(both.leak()) and merged.kept[("circle", "square")] == 0.5
+    assert merged.leak[pair] == pytest.approx(both.leak())
+    assert merged.kept_by_colour == {"green": {pair: 0.5}, "yellow": {pair: 1.0}}
+    assert merged.kept[pair] == 0.5  # the pair's figure is its worst bystander colour
+    assert "kept, yellow bystander" in merged.format() and merged.numbers()["worst_kept"] == 0.5
+
+
+def test_a_bystander_of_the_edits_own_colours_is_refused():
+    refused = "bystander_colours=.*'blue' is not allowed here; pick from \\['green', 'yellow'\\]"
+    with pytest.raises(ValueError, match=refused):
+        specificity(None, None, bystander_colours=("green", "blue"))
 
 
 def test_a_leak_is_unbounded_when_the_edit_left_its_subject_as_it_was():

@@ -282,6 +282,13 @@ def test_scene_mixes():
         assert [(p["shape"], p["colour"]) for p in world.parse_caption(s.caption)] == [
             (o.shape, o.colour) for o in s.objects
         ]
+    v4 = world.scenes(2000, seed=7, **world.MIXES["v4"])  # v2 with a third of multi-object scenes sharing a colour
+    multi = [s for s in v4 if len(s.objects) > 1]
+    shared = np.mean([len({o.colour for o in s.objects}) < len(s.objects) for s in multi])
+    assert 0.28 < shared < 0.42 and all(len({o.colour for o in s.objects}) >= len(s.objects) - 1 for s in v4)
+    assert [(p["shape"], p["colour"]) for s in v4 for p in world.parse_caption(s.caption)] == [
+        (o.shape, o.colour) for s in v4 for o in s.objects
+    ]
 
 
 def test_fine_tune_from_a_run(tmp_path):

@@ -66,6 +66,9 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     m = bench.main([*small, "--delta-seeds", "1", "--json", str(out)])
     printed = capsys.readouterr().out
     assert m["faithfulness"]["captions"] == 5 and m["specificity"]["seeds"] == 1
+    by_colour = m["specificity"]["kept_by_colour"]  # both colours the edit leaves alone; the bar is the worst
+    assert set(by_colour) == {"green", "yellow"} and all(len(by) == 9 for by in by_colour.values())
+    assert m["specificity"]["worst_kept"] == min(min(by.values()) for by in by_colour.values())
     assert json.loads(out.read_text())["met"] == m["met"]
     layers = [k for k in m["localisation"]["layers"] if "(16x16)" in k or "(8x8)" in k]
     assert len(layers) == 6 and len(m["met"]) == 4 + 2 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak

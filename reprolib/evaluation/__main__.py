@@ -4,6 +4,7 @@ python -m reprolib.evaluation --n 200                     # faithfulness on 200 
 python -m reprolib.evaluation --n 200 --attention 32      # + attention localisation on 32 scenes
 python -m reprolib.evaluation --n 200 --attention 32 --card   # + MODEL_CARD.md of the shipped weights
 python -m reprolib.evaluation --n 0 --specificity 12      # size-delta leak for every shape pair, 12 seeds
+python -m reprolib.evaluation --n 0 --specificity 12 --bystander-colours green yellow   # both bystander colours
 python -m reprolib.evaluation --n 0 --specificity 12 --size-delta runs/learned_size/delta.safetensors   # a learned one
 """
 
@@ -44,6 +45,14 @@ def main(argv=None) -> int:
         default=None,
         metavar="FILE",
         help="with --specificity: measure this size delta (e.g. a learned one) instead of the contrastive one",
+    )
+    p.add_argument(
+        "--bystander-colours",
+        nargs="+",
+        default=["green"],
+        choices=["green", "yellow"],
+        help="with --specificity: the composition prompt's bystander in each of these colours (the worst is the "
+        "pair's figure); green is nearest the edit's blue",
     )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -87,6 +96,7 @@ def main(argv=None) -> int:
             size if size is not None else contrastive_delta(pipe, "shapes/size"),
             contrastive_delta(pipe, "shapes/colour"),
             seeds=range(a.specificity),
+            bystander_colours=tuple(a.bystander_colours),
         )
         print(spec)
         out["specificity"] = spec.numbers()

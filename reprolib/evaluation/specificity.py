@@ -4,7 +4,8 @@ For every shape as the edited subject and every shape as the bystander ("a red c
 triangle", "a red square and a blue square", ...), the size delta at α is added to the subject's
 token only, and the ruler measures both objects' areas at α = 0 and α. *Leak* is the bystander's
 mean area change ÷ the subject's (0: perfectly specific). *Composition*: size and colour edits
-stacked on the subject; how often the bystander is still in the picture.
+stacked on the subject; how often the bystander is still in the picture, for each bystander colour
+asked for (the worst of them is the pair's figure).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import checks
 from ..delta import Delta
 from ..edits import Edit
 from ..shapes import world
@@ -33,7 +35,8 @@ class Specificity:
     seeds: list[int]
     leak: dict[tuple[str, str], float] = field(default_factory=dict)
     growth: dict[tuple[str, str], float] = field(default_factory=dict)  # the subject's mean area change (px)
-    kept: dict[tuple[str, str], float] = field(default_factory=dict)
+    kept: dict[tuple[str, str], float] = field(default_factory=dict)  # worst over the bystander colours
+    kept_by_colour: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
     sweeps: dict[tuple[str, str], Sweep] = field(default_factory=dict, repr=False)  # areas, images dropped
 
     @classmethod
@@ -56,8 +59,11 @@ class Specificity:
             out.leak[key] = joined.leak()
             t = np.nanmean(joined.target, axis=1)
             out.growth[key] = float(t[-1] - t[0])
-            if key in parts[0].kept:
-                out.kept[key] = float(sum(p.kept[key] * len(p.seeds) for p in parts) / len(out.seeds))
+            for colour in parts[0].kept_by_colour:
+                kept = sum(p.kept_by_colour[colour][key] * len(p.seeds) for p in parts) / len(out.seeds)
+                out.kept_by_colour.setdefault(colour, {})[key] = float(kept)
+            if out.kept_by_colour:
+                out.kept[key] = min(by[key] for by in out.kept_by_colour.values())
         return out
 
     def worst_leak(self) -> float:
@@ -77,6 +83,9 @@ class Specificity:
                 f"{s} -> {b}": {"leak": v, "growth_px": self.growth[(s, b)], "kept": self.kept.get((s, b))}
                 for (s, b), v in self.leak.items()
             },
+            "kept_by_colour": {
+                colour: {f"{s} -> {b}": v for (s, b), v in by.items()} for colour, by in self.kept_by_colour.items()
+            },
         }
 
     def format(self) -> str:
@@ -84,10 +93,10 @@ class Specificity:
             f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
             "area change ÷ subject's",
             f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}"
-            + (f"{'bystander kept':>16}" if self.kept else ""),
+            + "".join(f"{'kept, ' + c + ' bystander':>24}" for c in self.kept_by_colour),
         ]
         for key, v in self.leak.items():
-            kept = f"{self.kept[key]:16.2f}" if key in self.kept else ""
+            kept = "".join(f"{by[key]:24.2f}" for by in self.kept_by_colour.values())
             lines.append(f"{key[0] + ' → ' + key[1]:<24}{v:8.3f}{self.growth[key]:13.0f}{kept}")
         kept = f"; worst kept {self.worst_kept():.2f}" if self.kept else ""
         lines.append(f"worst leak {self.worst_leak():.3f}{kept}")
@@ -105,13 +114,18 @@ def specificity(
     seeds=range(12),
     colours: tuple[str, str] = ("red", "blue"),
     composition: tuple[float, float] = (2.0, 1.0),
+    bystander_colours: tuple[str, ...] = ("green",),
     **generate_kwargs,
 ) -> Specificity:
     """Measure leak for every (subject, bystander) shape pair; with ``colour``, also the stacked-edit presence.
 
-    The composition prompt's bystander is green (the colour delta turns red into blue, so a blue
-    bystander could not be told from the recoloured subject).
+    The composition prompt's bystander takes each of ``bystander_colours`` in turn; none may be one of
+    ``colours`` (the colour delta turns the first into the second, so a bystander of either could not be told
+    from the subject). Green, the default, is the colour nearest blue, the one the edited subject most
+    often takes the place of; ``("green", "yellow")`` measures both colours the edit does not involve.
     """
+    others = [c for c in world.PALETTE if c not in colours]
+    bystander_colours = checks.among(bystander_colours, "bystander_colours", others)
     seeds = [int(s) for s in seeds]
     out = Specificity(alpha, seeds)
     a, b = colours
@@ -140,12 +154,10 @@ def specificity(
                     Edit(size, subject_pattern(a, subject), s_alpha),
                     Edit(colour, subject_pattern(a, subject), c_alpha),
                 ]
-                out.kept[(subject, bystander)] = presence(
-                    pipe,
-                    f"a {a} {subject} and a green {bystander}",
-                    edits,
-                    ("green", bystander),
-                    seeds=seeds,
-                    **generate_kwargs,
-                )
+                for c in bystander_colours:
+                    out.kept_by_colour.setdefault(c, {})[(subject, bystander)] = presence(
+                        pipe, f"a {a} {subject} and a {c} {bystander}", edits, (c, bystander), seeds=seeds,
+                        **generate_kwargs,
+                    )  # fmt: skip
+                out.kept[(subject, bystander)] = min(by[(subject, bystander)] for by in out.kept_by_colour.values())
     return out

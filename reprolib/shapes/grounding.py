@@ -72,19 +72,20 @@ def _word_ids(tokenizer, words) -> dict[str, int]:
 def noun_targets(scenes: list[world.Scene], ids: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Per scene, each object's noun position in ``ids`` (−1 where none) and its coverage at 16×16.
 
-    Colours never repeat within a scene, so an object's noun is the token after its colour word.
-    Returns positions (n, 3) long and masks (n, 3, 16, 16) float16.
+    The caption names the objects in order, so the k-th object's noun is the caption's k-th shape word (a
+    colour may repeat, mix v4). Returns positions (n, 3) long and masks (n, 3, 16, 16) float16.
     """
     pos = torch.full((len(scenes), MAX_OBJECTS), -1, dtype=torch.long)
     masks = torch.zeros(len(scenes), MAX_OBJECTS, MASK_RES, MASK_RES, dtype=torch.float16)
     for i, (scene, words) in enumerate(zip(scenes, _words(ids, tokenizer))):
         if not scene.caption:
             continue
+        nouns = [j for j, w in enumerate(words) if w in world.SHAPES]
         for k, obj in enumerate(scene.objects):
-            c = words.index(obj.colour)
-            if words[c + 1] != obj.shape:
-                raise ValueError(f"caption {scene.caption!r}: expected {obj.shape!r} after {obj.colour!r}")
-            pos[i, k] = c + 1
+            n = nouns[k] if k < len(nouns) else -1
+            if n < 1 or words[n] != obj.shape or words[n - 1] != obj.colour:
+                raise ValueError(f"caption {scene.caption!r}: expected {obj.colour!r} {obj.shape!r} as object {k + 1}")
+            pos[i, k] = n
             masks[i, k] = _mask(obj)
     return pos, masks
 

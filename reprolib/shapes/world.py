@@ -33,10 +33,14 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # go with which object has to be bound per object rather than read off the caption as a bag of words.
 # v3 shifts more weight to three-object scenes, where a swap model's count fails (a duplicated object:
 # 12 of the 14 count failures of 200 captions on runs/shapes_v4sd3k were three-object captions)
+# v4 is v2 with a third of multi-object scenes repeating a colour ("a red circle and a red square"): in v1-v3
+# colours never repeat, so two tokens of near colours never both stand for an object, and an edited token
+# that turns blue takes a green bystander's place instead of being drawn beside it (session 23).
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
     "v3": {"p_objects": (0.15, 0.35, 0.5), "p_repeat_shape": 0.35},
+    "v4": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35},
 }
 
 
@@ -95,13 +99,19 @@ def overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
     return not (ax1 + margin < bx0 or bx1 + margin < ax0 or ay1 + margin < by0 or by1 + margin < ay0)
 
 
-def random_objects(rng: np.random.Generator, n: int, res: int = RES, repeat_shape: bool = False) -> tuple[Obj, ...]:
-    """``n`` non-overlapping objects of distinct colours, fully inside the image.
+def random_objects(
+    rng: np.random.Generator, n: int, res: int = RES, repeat_shape: bool = False, repeat_colour: bool = False
+) -> tuple[Obj, ...]:
+    """``n`` non-overlapping objects, fully inside the image, of distinct colours unless ``repeat_colour``.
 
     ``repeat_shape`` (needs ``n >= 2``): two of the objects, at random places in the list, share one
     shape (the others' shapes stay random, so a three-object scene may repeat it three times).
+    ``repeat_colour`` (needs ``n >= 2``): two of the objects share one colour, the others' stay distinct.
     """
-    colours = rng.choice(list(PALETTE), size=n, replace=False)
+    colours = list(rng.choice(list(PALETTE), size=n, replace=False))
+    if repeat_colour and n >= 2:
+        i, j = (int(k) for k in rng.choice(n, size=2, replace=False))
+        colours[j] = colours[i]
     fixed: dict[int, str] = {}
     if repeat_shape and n >= 2:
         shape = str(rng.choice(SHAPES))
@@ -129,13 +139,15 @@ def random_scene(
     p_drop_size: float = 0.2,
     p_objects: tuple[float, float, float] = P_OBJECTS,
     p_repeat_shape: float = 0.0,
+    p_repeat_colour: float = 0.0,
 ) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
-    ``p_repeat_shape``: chance that a multi-object scene repeats a shape (colours stay distinct).
-    With the defaults the random stream, and so every scene, is the v1 one."""
+    ``p_repeat_shape`` / ``p_repeat_colour``: chance that a multi-object scene repeats a shape / a colour.
+    With the defaults the random stream, and so every scene, is the v1 one (and v2's stays v2's)."""
     n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=list(p_objects)))
     repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
-    objs = random_objects(rng, n, repeat_shape=repeat)
+    same_colour = n >= 2 and p_repeat_colour > 0 and rng.random() < p_repeat_colour
+    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour)
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)
     return Scene(objs, caption)
 
