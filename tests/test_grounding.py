@@ -176,6 +176,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
     levers += ["--grounding-layers", "outer", "--grounding-max-t", "500", "--grounding-through", "keys"]
+    levers += ["--stretch-nouns", "0.5", "--stretch-max", "2"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -185,6 +186,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
     assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
     assert run["grounding_max_t"] == 500 and run["grounding_through"] == "keys"
+    assert run["stretch_nouns"] == 0.5 and run["stretch_max"] == 2
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
@@ -193,6 +195,10 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train_cli(["--out", str(tmp_path / "bad"), "--attribute-dropout", "1.5"] + base)
     with pytest.raises(InputError, match="--token-swap"):
         train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "-0.1"] + base)
+    with pytest.raises(InputError, match=r"--stretch-nouns must be in \[0, 1\]"):
+        train_cli(["--out", str(tmp_path / "bad"), "--stretch-nouns", "1.5"] + base)
+    with pytest.raises(InputError, match="--stretch-max must be > 1"):
+        train_cli(["--out", str(tmp_path / "bad"), "--stretch-nouns", "0.5", "--stretch-max", "1"] + base)
     with pytest.raises(InputError, match="--swap-reach must be >= 1"):
         train_cli(["--out", str(tmp_path / "bad"), "--token-swap", "0.5", "--swap-reach", "0.5"] + base)
     with pytest.raises(InputError, match="--swap-reach 2.0 needs --token-swap"):
@@ -371,3 +377,20 @@ def test_name_size_adds_a_size_word_to_unsized_nouns_and_draws_the_object_in_its
     states, other = torch.zeros(len(ids), MAX_LENGTH, 4), torch.randn(len(sw.rows), MAX_LENGTH, 4)
     out = grounding.swap_states(states, other, sw)
     torch.testing.assert_close(out[sw.rows, sw.noun], other[torch.arange(len(sw.rows)), sw.new_noun])
+
+
+def test_stretched_nouns_lengthen_one_noun_in_the_chosen_rows_and_nothing_else(tokenizer):
+    ids = _ids(tokenizer, ["a red circle and a big green square", "a blue triangle", ""] * 20)
+    nouns = grounding.noun_positions(ids, tokenizer)
+    assert nouns[0].sum() == 2 and nouns[1].sum() == 1 and nouns[2].sum() == 0
+    states = torch.randn(len(ids), ids.shape[1], 8)
+    out = grounding.stretch_nouns(states, nouns, 0.5, 2.5, torch.Generator().manual_seed(0))
+    factor = (out.norm(dim=-1) / states.norm(dim=-1)).numpy()
+    changed = ~np.isclose(factor, 1.0)
+    assert (changed.sum(1) <= 1).all() and (changed <= nouns.numpy()).all()  # one noun per row, never another word
+    assert ((factor[changed] > 1) & (factor[changed] <= 2.5)).all()
+    assert 0.25 < changed[:40].any(1).mean() < 0.75  # about half the captioned rows
+    same_direction = torch.nn.functional.cosine_similarity(out, states, dim=-1)
+    torch.testing.assert_close(same_direction, torch.ones_like(same_direction))
+    untouched = grounding.stretch_nouns(states, nouns, 0.0, 2.5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(untouched, states)

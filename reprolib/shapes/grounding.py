@@ -36,8 +36,15 @@
   token it edits (9.6 against 6.3 on swap 0.5), so an edited token, and more so a stacked edit, keeps little
   of the noun it started from.
 
+* **Stretched nouns**: for a share of the captions, one noun token's state is made longer (× a uniform 1 to
+  ``--stretch-max``) in what cross-attention reads, the picture unchanged. An attribute delta adds length: the
+  stacked size +2 & colour +1 edit doubles the noun token's, and on a grounded model the genuine "big blue
+  circle" token stretched to that length deletes the other object as the edit does, while the edit shrunk to
+  the genuine length keeps it (session 23). The UNet learns that a longer noun names the same one object.
+
 All are off unless ``python -m reprolib.shapes.train`` is given ``--grounding`` / ``--attribute-dropout`` /
-``--token-swap`` / ``--swap-late`` / ``--swap-name-size`` / ``--ground-adjectives`` / ``--short-deltas``.
+``--token-swap`` / ``--swap-late`` / ``--swap-name-size`` / ``--ground-adjectives`` / ``--short-deltas`` /
+``--stretch-nouns``.
 """
 
 from __future__ import annotations
@@ -262,6 +269,22 @@ def drop_attributes(mask: torch.Tensor, attributes: torch.Tensor, p: float, gene
     """``mask`` (batch, tokens) with the attribute words zeroed for a random share ``p`` of the rows."""
     rows = torch.rand(mask.shape[0], generator=generator) < p
     return mask * ~(attributes & rows[:, None])
+
+
+def noun_positions(ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """(n, tokens) bool: the shape nouns of each caption."""
+    return torch.tensor([[w in world.SHAPES for w in row] for row in _words(ids, tokenizer)])
+
+
+def stretch_nouns(states: torch.Tensor, nouns: torch.Tensor, p: float, high: float, generator: torch.Generator):
+    """``states`` (batch, tokens, dim) with, in a random share ``p`` of the rows, one noun's state × U(1, high)."""
+    n = states.shape[0]
+    rows = (torch.rand(n, generator=generator) < p) & nouns.any(1)
+    pick = torch.multinomial(nouns.float() + 1e-9, 1, generator=generator)[:, 0]  # one noun per row
+    factor = 1 + (high - 1) * torch.rand(n, generator=generator)
+    scale = torch.ones(states.shape[:2])
+    scale[torch.arange(n)[rows], pick[rows]] = factor[rows]
+    return states * scale[..., None].to(states.dtype)
 
 
 # which cross-attention layers the grounding loss holds (by the name prefixes it skips): every one; those at

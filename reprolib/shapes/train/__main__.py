@@ -114,6 +114,7 @@ def main(argv=None) -> None:
         swap_name_size=a.swap_name_size,
         ground_adjectives=a.ground_adjectives,
         short_deltas=a.short_deltas,
+        stretch=(a.stretch_nouns, a.stretch_max),
         vae=vae,
         text_width=a.text_width,
         text_layers=a.text_layers,

@@ -112,6 +112,14 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="share of captions whose colour and size words are hidden from cross-attention (0 = off)",
     )
     p.add_argument(
+        "--stretch-nouns",
+        type=float,
+        default=0.0,
+        help="share of captions with one noun token's state made longer (x a uniform 1 to --stretch-max) in what "
+        "cross-attention reads, the picture unchanged, as an attribute delta lengthens it (0 = off)",
+    )
+    p.add_argument("--stretch-max", type=float, default=2.5, help="with --stretch-nouns: the largest factor (> 1)")
+    p.add_argument(
         "--token-swap",
         type=float,
         default=0.0,
@@ -211,12 +219,14 @@ def check(a, init: dict | None) -> None:
     for flag in ("lr", "lr_final", "grounding"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
             raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
-    for flag in ("attribute_dropout", "token_swap", "swap_late", "swap_name_size"):
+    for flag in ("attribute_dropout", "token_swap", "swap_late", "swap_name_size", "stretch_nouns"):
         name = "--" + flag.replace("_", "-")
         if not 0 <= checks.number(getattr(a, flag), name, optional=False) <= 1:
             raise checks.InputError(f"{name} must be in [0, 1], got {getattr(a, flag)}")
     if checks.number(a.swap_reach, "--swap-reach", optional=False) < 1:
         raise checks.InputError(f"--swap-reach must be >= 1 (1 = the changed token itself), got {a.swap_reach}")
+    if checks.number(a.stretch_max, "--stretch-max", optional=False) <= 1:
+        raise checks.InputError(f"--stretch-max must be > 1 (1 = no stretch), got {a.stretch_max}")
     if a.swap_reach != 1 and not a.token_swap:
         raise checks.InputError(f"--swap-reach {a.swap_reach} needs --token-swap > 0 (it stretches swapped tokens)")
     for flag in ("swap_late", "swap_name_size"):

@@ -59,6 +59,8 @@ def record(a, argv) -> dict:
         run["grounding_through"] = a.grounding_through
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
+    if a.stretch_nouns:
+        run["stretch_nouns"], run["stretch_max"] = a.stretch_nouns, a.stretch_max
     if a.token_swap:
         run["token_swap"] = a.token_swap
     if a.swap_reach != 1:

@@ -161,6 +161,7 @@ def train_unet(
     swap_name_size: float = 0.0,
     ground_adjectives: bool = False,
     short_deltas: float | None = None,
+    stretch: tuple[float, float] = (0.0, 1.0),
     vae=None,
     text_width: int = TEXT_DIM,
     text_layers: int = TEXT_LAYERS,
@@ -175,6 +176,7 @@ def train_unet(
     only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` /
     ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
+    / ``stretch`` (share of captions, largest factor: ``stretch_nouns``; needs no scenes)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size, ``unet_shape`` the
     UNet's (``build_unet``'s options); a smaller ``init`` is grown to them with its function kept (``grow``)."""
@@ -212,6 +214,7 @@ def train_unet(
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
+    nouns = grounding.noun_positions(ids, tokenizer) if stretch[0] else None
     reading, short = reading_mask(ids, tokenizer, mask_padding, reads), summary_ids(captions, tokenizer, summary)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
@@ -228,6 +231,8 @@ def train_unet(
             (xt, noise, cond, object_masks), ratio = swap(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
+        if stretch[0]:  # drawn last, so every other lever's batches stay those of a run without it
+            cond = grounding.stretch_nouns(cond, nouns[idx], *stretch, g)
         mask = None if reading is None else reading[idx]
         if attribute_dropout:
             mask = torch.ones_like(ids[idx]) if mask is None else mask
