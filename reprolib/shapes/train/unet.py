@@ -132,6 +132,16 @@ def _text_states(text, ids: torch.Tensor, short: torch.Tensor | None, eos_id: in
     return states if short is None else with_summary(states, ids, text(short)[0], short, eos_id)
 
 
+def _read_levers(cond, mask, ids, attributes, tokenizer, g, *, dropout: float, stretch: tuple[float, float]):
+    """A batch's text states and cross-attention mask under stretched nouns, then attribute dropout (each
+    draws from ``g`` only when on, so a run without it sees the same batches)."""
+    if stretch[0]:
+        cond = grounding.stretch_nouns(cond, grounding.noun_positions(ids, tokenizer), *stretch, g)
+    if dropout:
+        mask = grounding.drop_attributes(torch.ones_like(ids) if mask is None else mask, attributes, dropout, g)
+    return cond, mask
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -174,9 +184,8 @@ def train_unet(
     ``summary``: the words the end-of-text state is made without (``grounding.SUMMARIES``; ``with_summary``).
     ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
     only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``attribute_dropout`` /
-    ``token_swap`` / ``swap_reach`` / ``swap_late`` /
-    ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas`` (the limit of ``change_penalty``)
-    / ``stretch`` (share of captions, largest factor: ``stretch_nouns``; needs no scenes)
+    ``token_swap`` / ``swap_reach`` / ``swap_late`` / ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas``
+    (the limit of ``change_penalty``) / ``stretch`` (share of captions, largest factor: ``stretch_nouns``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size, ``unet_shape`` the
     UNet's (``build_unet``'s options); a smaller ``init`` is grown to them with its function kept (``grow``)."""
@@ -214,7 +223,6 @@ def train_unet(
         )
     if attribute_dropout:
         attributes = grounding.attribute_positions(ids, tokenizer)
-    nouns = grounding.noun_positions(ids, tokenizer) if stretch[0] else None
     reading, short = reading_mask(ids, tokenizer, mask_padding, reads), summary_ids(captions, tokenizer, summary)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
@@ -231,12 +239,9 @@ def train_unet(
             (xt, noise, cond, object_masks), ratio = swap(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
-        if stretch[0]:  # drawn last, so every other lever's batches stay those of a run without it
-            cond = grounding.stretch_nouns(cond, nouns[idx], *stretch, g)
         mask = None if reading is None else reading[idx]
-        if attribute_dropout:
-            mask = torch.ones_like(ids[idx]) if mask is None else mask
-            mask = grounding.drop_attributes(mask, attributes[idx], attribute_dropout, g)
+        cond, mask = _read_levers(cond, mask, ids[idx], attributes[idx] if attribute_dropout else None, tokenizer, g,
+                                  dropout=attribute_dropout, stretch=stretch)  # fmt: skip
         with (
             grounding.cross_attention_probs(unet, skip, grounding_through)
             if grounding_weight
