@@ -155,8 +155,25 @@ def test_edit_on_missing_word(sd15):
 def test_composition_benchmark_reads_where_each_words_attention_goes(shapes_pipe, bench_script):
     bench = bench_script("composition")
     size = contrastive_delta(shapes_pipe, "shapes/size")
-    plain = bench.attention_shares(shapes_pipe, [], 0.2, [0])
-    grown = bench.attention_shares(shapes_pipe, [(size, "red circle", 2.0)], 0.2, [0])
+    prompt = bench.PROMPT.format("green")
+    plain = bench.attention_shares(shapes_pipe, prompt, [], 0.2, [0])
+    grown = bench.attention_shares(shapes_pipe, prompt, [(size, "red circle", 2.0)], 0.2, [0])
     assert all(0 < v < 1 for v in plain + grown) and sum(plain) < 1
-    circle = bench.WORDS.index("circle")
+    circle = bench.words(prompt).index("circle")
     assert grown[circle] > 1.25 * plain[circle]  # a grown circle's noun holds more of the picture's attention
+
+
+def test_composition_benchmarks_length_cases_keep_a_direction_and_swap_a_length(shapes_pipe, bench_script):
+    bench = bench_script("composition")
+    prompt = bench.PROMPT.format("yellow")
+    base = bench.token_of(shapes_pipe, prompt)
+    genuine = bench.token_of(shapes_pipe, "a big blue circle and a yellow square")
+    stacked = 2 * base  # any edit: a token twice as long, same direction
+    cases = {k: base + d.vectors["clip"] for k, d in bench.length_cases(shapes_pipe, prompt, stacked).items()}
+    torch.testing.assert_close(cases["genuine big blue"], genuine)
+    cos = torch.nn.functional.cosine_similarity
+    stretched, shrunk = cases["genuine, stretched"], cases["stacked, shrunk"]
+    assert float(cos(stretched, genuine, dim=0)) == pytest.approx(1, abs=1e-5)
+    assert float(stretched.norm()) == pytest.approx(3 * float(base.norm()), rel=1e-4)
+    assert float(cos(shrunk, base, dim=0)) == pytest.approx(1, abs=1e-5)
+    assert float(shrunk.norm()) == pytest.approx(float(genuine.norm()), rel=1e-4)
