@@ -27,6 +27,9 @@ def subject_pattern(colour: str, shape: str) -> re.Pattern:
     return re.compile(rf"\b{colour}\s+({shape})\b")
 
 
+COLOUR_TARGET = "blue"  # what the shapes colour delta (configs/shapes/colour.yaml) turns its subject into
+
+
 @dataclass
 class Specificity:
     """Leak per (subject, bystander) shape pair, and the bystander's presence under stacked edits."""
@@ -119,12 +122,13 @@ def specificity(
 ) -> Specificity:
     """Measure leak for every (subject, bystander) shape pair; with ``colour``, also the stacked-edit presence.
 
-    The composition prompt's bystander takes each of ``bystander_colours`` in turn; none may be one of
-    ``colours`` (the colour delta turns the first into the second, so a bystander of either could not be told
-    from the subject). Green, the default, is the colour nearest blue, the one the edited subject most
-    often takes the place of; ``("green", "yellow")`` measures both colours the edit does not involve.
+    ``colours``: the subject's and, in the leak prompts, the bystander's. The composition prompt's bystander
+    takes each of ``bystander_colours`` in turn; none may be the subject's colour or blue (the shapes colour
+    delta's target), which could not be told from the recoloured subject. Green, the default, is the colour
+    nearest blue: a long edited token takes the place of the bystander nearest its own colour (session 23);
+    ``("green", "yellow")`` measures both colours the stacked edit does not involve.
     """
-    others = [c for c in world.PALETTE if c not in colours]
+    others = [c for c in world.PALETTE if c not in (colours[0], COLOUR_TARGET)]
     bystander_colours = checks.among(bystander_colours, "bystander_colours", others)
     seeds = [int(s) for s in seeds]
     out = Specificity(alpha, seeds)
