@@ -473,14 +473,20 @@ def test_evaluation_measures_a_given_size_delta(tmp_path, monkeypatch, capsys, s
     path = mine.save(tmp_path / "size.safetensors")
     seen = {}
 
-    def fake(pipe, size, colour, *, seeds):
-        seen.update(size=size, seeds=list(seeds))
+    def fake(pipe, size, colour, *, seeds, **kw):
+        seen.update(size=size, seeds=list(seeds), **kw)
         return Specificity(1.5, list(seeds), leak={("circle", "square"): 0.0}, growth={("circle", "square"): 1.0})
 
     monkeypatch.setattr(cli, "specificity", fake)
     monkeypatch.setattr(cli, "load_pipeline", lambda model: shapes_pipe)
     assert cli.main(["--n", "0", "--specificity", "2", "--size-delta", str(path)]) == 0
     assert seen["seeds"] == [0, 1] and set(seen["size"].vectors) == set(mine.vectors)
+    assert seen["colours"] == ("red", "blue") and seen["bystander_colours"] == ("green",)  # the card's defaults
+    for k, v in mine.vectors.items():
+        assert torch.equal(seen["size"].vectors[k], v)
+    more = ["--bystander-colours", "green", "yellow", "--leak-bystander", "yellow"]
+    assert cli.main(["--n", "0", "--specificity", "2", "--size-delta", str(path), *more]) == 0
+    assert seen["colours"] == ("red", "yellow") and seen["bystander_colours"] == ("green", "yellow")
     for k, v in mine.vectors.items():
         assert torch.equal(seen["size"].vectors[k], v)
     # a delta read off other text-encoder weights is refused by name before anything is measured

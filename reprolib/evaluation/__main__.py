@@ -5,6 +5,7 @@ python -m reprolib.evaluation --n 200 --attention 32      # + attention localisa
 python -m reprolib.evaluation --n 200 --attention 32 --card   # + MODEL_CARD.md of the shipped weights
 python -m reprolib.evaluation --n 0 --specificity 12      # size-delta leak for every shape pair, 12 seeds
 python -m reprolib.evaluation --n 0 --specificity 12 --bystander-colours green yellow   # both bystander colours
+python -m reprolib.evaluation --n 0 --specificity 12 --leak-bystander yellow   # leak beside the colour nearest red
 python -m reprolib.evaluation --n 0 --specificity 12 --size-delta runs/learned_size/delta.safetensors   # a learned one
 """
 
@@ -54,6 +55,13 @@ def main(argv=None) -> int:
         help="with --specificity: the composition prompt's bystander in each of these colours (the worst is the "
         "pair's figure); green is nearest the edit's blue",
     )
+    p.add_argument(
+        "--leak-bystander",
+        default="blue",
+        choices=["blue", "green", "yellow"],
+        help="with --specificity: the leak prompts' bystander colour (the subject is red; blue is the furthest "
+        "from it, yellow the nearest)",
+    )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
@@ -97,6 +105,7 @@ def main(argv=None) -> int:
             contrastive_delta(pipe, "shapes/colour"),
             seeds=range(a.specificity),
             bystander_colours=tuple(a.bystander_colours),
+            colours=("red", a.leak_bystander),
         )
         print(spec)
         out["specificity"] = spec.numbers()
