@@ -69,6 +69,9 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     by_colour = m["specificity"]["kept_by_colour"]  # both colours the edit leaves alone; the bar is the worst
     assert set(by_colour) == {"green", "yellow"} and all(len(by) == 9 for by in by_colour.values())
     assert m["specificity"]["worst_kept"] == min(min(by.values()) for by in by_colour.values())
+    assert len(m["leak_yellow"]["pairs"]) == 9  # the leak beside a yellow bystander too; the worse is the bar
+    leak = [v for bar, v, _ in bench.rows(m) if bar.startswith("size-delta leak ≤")]
+    assert leak == [f"{np.max([m['specificity']['worst_leak'], m['leak_yellow']['worst_leak']]):.3f}"]
     assert json.loads(out.read_text())["met"] == m["met"]
     layers = [k for k in m["localisation"]["layers"] if "(16x16)" in k or "(8x8)" in k]
     assert len(layers) == 6 and len(m["met"]) == 4 + 2 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak
@@ -82,3 +85,7 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     # and the guided layers are held to 3x, the others to 2x
     guided = [bar for bar, _, _ in bench.rows(m) if "≥ 3" in bar]
     assert len(guided) == 3 and all("(8x8)" in bar for bar in guided)
+    # a leak that could not be measured (the bystander never found) is not met, whichever colour it was
+    m["specificity"] = {**m["specificity"], "worst_leak": 0.0}
+    m["leak_yellow"] = {**m["leak_yellow"], "worst_leak": np.nan}
+    assert [ok for bar, _, ok in bench.rows(m) if bar.startswith("size-delta leak ≤")] == [False]
