@@ -38,7 +38,6 @@ class Specificity:
     seeds: list[int]
     leak: dict[tuple[str, str], float] = field(default_factory=dict)
     growth: dict[tuple[str, str], float] = field(default_factory=dict)  # the subject's mean area change (px)
-    kept: dict[tuple[str, str], float] = field(default_factory=dict)  # worst over the bystander colours
     kept_by_colour: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
     sweeps: dict[tuple[str, str], Sweep] = field(default_factory=dict, repr=False)  # areas, images dropped
 
@@ -65,25 +64,31 @@ class Specificity:
             for colour in parts[0].kept_by_colour:
                 kept = sum(p.kept_by_colour[colour][key] * len(p.seeds) for p in parts) / len(out.seeds)
                 out.kept_by_colour.setdefault(colour, {})[key] = float(kept)
-            if out.kept_by_colour:
-                out.kept[key] = min(by[key] for by in out.kept_by_colour.values())
         return out
+
+    @property
+    def kept(self) -> dict[tuple[str, str], float]:
+        """Each pair's bystander presence under the stacked edit: the worst over the bystander colours."""
+        pairs = next(iter(self.kept_by_colour.values()), {})
+        return {key: min(by[key] for by in self.kept_by_colour.values()) for key in pairs}
 
     def worst_leak(self) -> float:
         return max(self.leak.values())
 
     def worst_kept(self) -> float:
-        return min(self.kept.values()) if self.kept else float("nan")
+        kept = self.kept
+        return min(kept.values()) if kept else float("nan")
 
     def numbers(self) -> dict:
         """The figures as JSON-ready numbers (the evaluation CLI's ``--json`` and the report's results)."""
+        kept = self.kept
         return {
             "alpha": self.alpha,
             "seeds": len(self.seeds),
             "worst_leak": self.worst_leak(),
             "worst_kept": self.worst_kept(),
             "pairs": {
-                f"{s} -> {b}": {"leak": v, "growth_px": self.growth[(s, b)], "kept": self.kept.get((s, b))}
+                f"{s} -> {b}": {"leak": v, "growth_px": self.growth[(s, b)], "kept": kept.get((s, b))}
                 for (s, b), v in self.leak.items()
             },
             "kept_by_colour": {
@@ -163,5 +168,4 @@ def specificity(
                         pipe, f"a {a} {subject} and a {c} {bystander}", edits, (c, bystander), seeds=seeds,
                         **generate_kwargs,
                     )  # fmt: skip
-                out.kept[(subject, bystander)] = min(by[(subject, bystander)] for by in out.kept_by_colour.values())
     return out

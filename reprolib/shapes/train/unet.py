@@ -132,13 +132,16 @@ def _text_states(text, ids: torch.Tensor, short: torch.Tensor | None, eos_id: in
     return states if short is None else with_summary(states, ids, text(short)[0], short, eos_id)
 
 
-def _read_levers(cond, mask, ids, attributes, tokenizer, g, *, dropout: float, stretch: tuple[float, float]):
-    """A batch's text states and cross-attention mask under stretched nouns, then attribute dropout (each
-    draws from ``g`` only when on, so a run without it sees the same batches)."""
+def _read_levers(cond, mask, idx, words: dict, g, *, dropout: float, stretch: tuple[float, float]):
+    """Batch ``idx``'s text states and cross-attention mask under stretched nouns, then attribute dropout (each
+    draws from ``g`` only when on, so a run without it sees the same batches); ``words``: the captions' noun and
+    attribute positions, found once per run."""
     if stretch[0]:
-        cond = grounding.stretch_nouns(cond, grounding.noun_positions(ids, tokenizer), *stretch, g)
+        cond = grounding.stretch_nouns(cond, words["nouns"][idx], *stretch, g)
     if dropout:
-        mask = grounding.drop_attributes(torch.ones_like(ids) if mask is None else mask, attributes, dropout, g)
+        attributes = words["attributes"][idx]
+        mask = torch.ones(attributes.shape, dtype=torch.long) if mask is None else mask  # as ones_like(token ids)
+        mask = grounding.drop_attributes(mask, attributes, dropout, g)
     return cond, mask
 
 
@@ -221,8 +224,8 @@ def train_unet(
             sched=sched,
             sf=latents["scaling_factor"],
         )
-    if attribute_dropout:
-        attributes = grounding.attribute_positions(ids, tokenizer)
+    words = {"attributes": grounding.attribute_positions(ids, tokenizer) if attribute_dropout else None,
+             "nouns": grounding.noun_positions(ids, tokenizer) if stretch[0] else None}  # fmt: skip
     reading, short = reading_mask(ids, tokenizer, mask_padding, reads), summary_ids(captions, tokenizer, summary)
     unet.train(), text.train()
     bar = tqdm(range(start, steps), desc="unet+text", initial=start, total=steps)
@@ -240,8 +243,7 @@ def train_unet(
                 [scenes[i] for i in idx], ids[idx], positions[idx], (xt, noise, cond, object_masks), t, g
             )
         mask = None if reading is None else reading[idx]
-        cond, mask = _read_levers(cond, mask, ids[idx], attributes[idx] if attribute_dropout else None, tokenizer, g,
-                                  dropout=attribute_dropout, stretch=stretch)  # fmt: skip
+        cond, mask = _read_levers(cond, mask, idx, words, g, dropout=attribute_dropout, stretch=stretch)
         with (
             grounding.cross_attention_probs(unet, skip, grounding_through)
             if grounding_weight
