@@ -532,3 +532,13 @@ def test_cli_json_settings_written_by_layout_are_valid(tmp_path):
         ]
     )
     assert rc == 0 and json.loads((tmp_path / "settings.json").read_text())["steps"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [(["--leak-bystander", "red"], "--leak-bystander"), (["--bystander-colours", "blue"], "--bystander-colours")],
+)
+def test_evaluation_refuses_a_bystander_colour_outside_its_choices(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        evaluation_cli(["--n", "0", "--specificity", "1", *argv])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
