@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="shapes", help="shapes, or a shapes-world pipeline folder")
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--edits", type=int, default=32, help="two-object scenes to edit (0: none)")
+    p.add_argument(
+        "--edit-seed",
+        type=int,
+        default=probe.EDIT_SEED,
+        help=f"the edited scenes' seed: {probe.EDIT_SEED} is the bar's; choose settings on another (a validation set)",
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--edit-iterations", nargs="+", type=int, default=[0, 4], help="exact inversion's, side by side")
     p.add_argument("--delays", nargs="+", type=float, default=[probe.EDIT_DELAY], help="edit delays, side by side")
@@ -164,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.edits:
         out["edits"] = {}
         for subjects in a.subjects:
-            print(f"subjects: {subjects}")
-            scenes = probe.edit_scenes(a.edits, subjects=subjects)
+            other = "" if a.edit_seed == probe.EDIT_SEED else f" (validation seed {a.edit_seed})"
+            print(f"subjects: {subjects}{other}")
+            scenes = probe.edit_scenes(a.edits, seed=a.edit_seed, subjects=subjects)
             for k, d, b, f in itertools.product(a.edit_iterations, a.delays, a.blend, a.fade_in):
                 name = f"subjects={subjects} iterations={k} delay={d}" + ("" if b is None else f" blend={b}")
                 name += "" if f is None else f" fade_in={f}"

@@ -291,6 +291,26 @@ def test_scene_mixes():
     ]
 
 
+def test_mixes_v5_v6_name_objects_in_random_order():
+    """Placement retries big objects that do not fit, so in placement order later objects are smaller; v5 / v6
+    name them in random order (the same scenes otherwise), so a caption's order says nothing of size."""
+
+    def first_minus_second(scenes) -> float:
+        two = [s for s in scenes if len(s.objects) >= 2]
+        return float(np.mean([s.objects[0].size - s.objects[1].size for s in two]))
+
+    v2 = world.scenes(4000, seed=7, **world.MIXES["v2"])
+    v5 = world.scenes(4000, seed=7, **world.MIXES["v5"])
+    assert first_minus_second(v2) > 0.4  # about 0.65 px: the bias v5 removes
+    assert abs(first_minus_second(v5)) < 0.2
+    v6 = world.scenes(2000, seed=7, **world.MIXES["v6"])
+    assert abs(first_minus_second(v6)) < 0.25
+    for s in v5[:300] + v6[:300]:  # the caption still names every object, in the scene's (shuffled) order
+        assert [(p["shape"], p["colour"]) for p in world.parse_caption(s.caption)] == [
+            (o.shape, o.colour) for o in s.objects
+        ]
+
+
 def test_fine_tune_from_a_run(tmp_path):
     """--init-from starts from the EMA weights with the same VAE, tokenizer and scaling factor; v2 mix and
     padding mask train, resume exactly, and export says how to sample."""

@@ -89,3 +89,21 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     m["specificity"] = {**m["specificity"], "worst_leak": 0.0}
     m["leak_yellow"] = {**m["leak_yellow"], "worst_leak": np.nan}
     assert [ok for bar, _, ok in bench.rows(m) if bar.startswith("size-delta leak ≤")] == [False]
+
+
+def test_order_bias_reads_word_order_against_size(shapes_pipe, capsys):
+    """The shipped mix names later objects smaller; v5 does not; the cosines are measured per size word."""
+    from reprolib.contrastive import contrastive_delta
+    from reprolib.evaluation.__main__ import main as evaluation_cli
+    from reprolib.evaluation.order import SIZE_WORDS, order_bias
+
+    size = contrastive_delta(shapes_pipe, "shapes/size")
+    v1 = order_bias(shapes_pipe, size, n=1500, mix="v1")
+    v5 = order_bias(shapes_pipe, size, n=1500, mix="v5")
+    gap = {r["mix"]: r["size_words_by_place"][1]["small"] - r["size_words_by_place"][2]["small"] for r in (v1, v5)}
+    assert gap["v1"] < -0.08 and abs(gap["v5"]) < 0.06, gap  # the second object is small more often in v1 only
+    assert set(v1["cos_size_delta_later_minus_first"]) == set(SIZE_WORDS)
+    assert all(-1 <= c <= 1 for c in v1["cos_size_delta_later_minus_first"].values())
+    assert evaluation_cli(["--n", "0", "--order-bias", "200", "--order-mix", "v5"]) == 0
+    out = capsys.readouterr().out
+    assert "mix v5" in out and "object 2 of the caption" in out and "within each size word" in out

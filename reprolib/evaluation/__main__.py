@@ -7,6 +7,7 @@ python -m reprolib.evaluation --n 0 --specificity 12      # size-delta leak for 
 python -m reprolib.evaluation --n 0 --specificity 12 --bystander-colours green yellow   # both bystander colours
 python -m reprolib.evaluation --n 0 --specificity 12 --leak-bystander yellow   # leak beside the colour nearest red
 python -m reprolib.evaluation --n 0 --specificity 12 --size-delta runs/learned_size/delta.safetensors   # a learned one
+python -m reprolib.evaluation --n 0 --order-bias 3000 --order-mix v2   # does word order say size? (no images)
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from ..conditioning import TextConditioning
 from ..contrastive import contrastive_delta
 from ..delta import Delta
 from ..pipelines import load_pipeline
+from ..shapes import world
 from .card import write_card
 from .faithfulness import EVAL_SEED, faithfulness
 from .localisation import localisation
+from .order import format_order_bias, order_bias
 from .specificity import specificity
 
 
@@ -62,14 +65,25 @@ def main(argv=None) -> int:
         help="with --specificity: the leak prompts' bystander colour (the subject is red; blue is the furthest "
         "from it, yellow the nearest)",
     )
+    p.add_argument(
+        "--order-bias",
+        type=int,
+        default=0,
+        metavar="CAPTIONS",
+        help="also measure how the objects' order in captions goes with their size, and the size delta's "
+        "cosine with 'a later object' in the encoder (text only, no images)",
+    )
+    p.add_argument(
+        "--order-mix", default="v1", choices=sorted(world.MIXES), help="with --order-bias: the captions' scene mix"
+    )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
     a = p.parse_args(argv)
-    for flag in ("n", "attention", "specificity"):
-        checks.integer(getattr(a, flag), f"--{flag}", minimum=0)
-    if not (a.n or a.attention or a.specificity):
-        p.error("nothing to measure: give --n, --attention or --specificity a positive number")
+    for flag in ("n", "attention", "specificity", "order_bias"):
+        checks.integer(getattr(a, flag), f"--{flag.replace('_', '-')}", minimum=0)
+    if not (a.n or a.attention or a.specificity or a.order_bias):
+        p.error("nothing to measure: give --n, --attention, --specificity or --order-bias a positive number")
     if a.size_delta and not a.specificity:
         p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
     size = Delta.load(a.size_delta) if a.size_delta else None  # a missing or unreadable file fails before loading
@@ -109,6 +123,9 @@ def main(argv=None) -> int:
         )
         print(spec)
         out["specificity"] = spec.numbers()
+    if a.order_bias:
+        out["order_bias"] = order_bias(pipe, contrastive_delta(pipe, "shapes/size"), a.order_bias, mix=a.order_mix)
+        print(format_order_bias(out["order_bias"]))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

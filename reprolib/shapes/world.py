@@ -36,11 +36,18 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # v4 is v2 with a third of multi-object scenes repeating a colour ("a red circle and a red square"): in v1-v3
 # colours never repeat, so two tokens of near colours never both stand for an object, and an edited token
 # that turns blue takes a green bystander's place instead of being drawn beside it (session 23).
+# v5 / v6 are v2 / v4 with the objects named in random order: placement tries big objects that do not fit
+# again, so without it later objects are smaller (a third object is "small" 40% of the time, "big" 15%; the
+# first 25%, 29%), the encoder learns "small" and "a later object" as one direction, and a size delta at α < 0
+# moves the first noun towards another object's tokens (cosine −0.79 between the size delta and the later-
+# minus-first nouns' mean, shipped v1; session 24)
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
     "v3": {"p_objects": (0.15, 0.35, 0.5), "p_repeat_shape": 0.35},
     "v4": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35},
+    "v5": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "shuffle_order": True},
+    "v6": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35, "shuffle_order": True},
 }
 
 
@@ -140,14 +147,18 @@ def random_scene(
     p_objects: tuple[float, float, float] = P_OBJECTS,
     p_repeat_shape: float = 0.0,
     p_repeat_colour: float = 0.0,
+    shuffle_order: bool = False,
 ) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
     ``p_repeat_shape`` / ``p_repeat_colour``: chance that a multi-object scene repeats a shape / a colour.
+    ``shuffle_order``: name the objects in random order, not the order they were placed in (see ``MIXES``).
     With the defaults the random stream, and so every scene, is the v1 one (and v2's stays v2's)."""
     n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=list(p_objects)))
     repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
     same_colour = n >= 2 and p_repeat_colour > 0 and rng.random() < p_repeat_colour
     objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour)
+    if shuffle_order and n >= 2:
+        objs = tuple(objs[int(i)] for i in rng.permutation(n))
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)
     return Scene(objs, caption)
 
