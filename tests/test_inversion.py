@@ -192,3 +192,20 @@ def test_the_slider_works_on_an_inverted_picture(shapes_pipe):
         want = generate(shapes_pipe, "a red circle", inversion=inv, edits=[Edit(size, "circle", a)], output_type="np")
         assert np.abs(np.asarray(slider.render(a), float) - want * 255).max() <= 1
     assert slider.prefix() is not None  # the unedited first steps were shared
+
+
+def test_settings_are_chosen_on_a_draw_other_than_the_bars(bench_script, monkeypatch, capsys):
+    """``--edit-seed`` draws other shrinkable two-object scenes (a validation set); the bar's draw is the default."""
+    from reprolib.evaluation import inversion as probe
+    from reprolib.shapes import world
+
+    bar, other = probe.edit_scenes(8), probe.edit_scenes(8, seed=2027)
+    assert bar == probe.edit_scenes(8, seed=probe.EDIT_SEED) and not set(bar) & set(other)
+    assert all(len(s.objects) == 2 and s.objects[0].size >= world.SMALL_BELOW for s in other)
+    bench = bench_script("inversion")
+    seen = []
+    monkeypatch.setattr(bench, "edit_table", lambda pipe, scenes, *a: seen.append(scenes) or {})
+    monkeypatch.setattr(bench.reprolib, "load_pipeline", lambda model: None)
+    bench.main(["--scenes", "0", "--edits", "8", "--edit-iterations", "0", "--edit-seed", "2027"])
+    bench.main(["--scenes", "0", "--edits", "8", "--edit-iterations", "0"])
+    assert seen == [other, bar] and "validation seed 2027" in capsys.readouterr().out
