@@ -37,10 +37,11 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # colours never repeat, so two tokens of near colours never both stand for an object, and an edited token
 # that turns blue takes a green bystander's place instead of being drawn beside it (session 23).
 # v5 / v6 are v2 / v4 with the objects named in random order: placement tries big objects that do not fit
-# again, so without it later objects are smaller (a third object is "small" 40% of the time, "big" 15%; the
-# first 25%, 29%), the encoder learns "small" and "a later object" as one direction, and a size delta at α < 0
-# moves the first noun towards another object's tokens (cosine −0.79 between the size delta and the later-
-# minus-first nouns' mean, shipped v1; session 24)
+# again, so without it later objects are smaller (a third object is small 52% of the time, the first 31%), and
+# the encoder learns "small" and "named later" as related directions (the size delta's cosine with a later
+# object's noun minus a first one's, within each size word, is −0.13 to −0.35 on shipped v1:
+# ``python -m reprolib.evaluation --n 0 --order-bias 3000``). Trained on, they weaken that relation and keep
+# the bystander no better (session 24, checkpoints/shapes_v3/README.md)
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
