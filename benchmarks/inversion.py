@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write every number to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     a = p.parse_args(argv)
+    checks.integer(a.edit_seed, "--edit-seed", minimum=0)
     if a.json:  # before the half hour of work, not after it
         checks.output_path(a.json, "--json", overwrite=a.overwrite)
     if a.threads:

@@ -441,6 +441,7 @@ def test_cli_errors_in_process(tmp_path, capsys):
         (layout, [*box, "--steps", "0", "--out", str(tmp_path / "o")], "--steps"),
         (layout, [*box, "--eta", "inf", "--out", str(tmp_path / "o")], "eta"),
         (evaluation, ["--specificity", "-1"], "--specificity"),
+        (evaluation, ["--order-bias", "-1"], "--order-bias"),
         (evaluation, ["--n", "1", "--json", str(tmp_path / "file")], "--json"),
         (learn, ["--prompts", "shapes/sizes", "--out", str(tmp_path / "o"), "--model", "sdxl"], "shapes/sizes"),
         (learn, ["--prompts", "shapes/size", "--out", str(tmp_path / "file"), "--model", "sdxl"], "is a file"),
@@ -458,6 +459,8 @@ def test_cli_argparse_refusals(capsys):
     for argv, words in [
         (["--n", "0"], "nothing to measure"),
         (["--model", "tiny-sd15", "--card", "--n", "2", "--attention", "2"], "--card"),
+        (["--n", "1", "--order-mix", "v5"], "--order-bias"),
+        (["--order-bias", "1", "--order-mix", "v9"], "--order-mix"),
     ]:
         with pytest.raises(SystemExit) as e:
             evaluation_cli(argv)

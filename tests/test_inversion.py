@@ -8,7 +8,7 @@ import torch
 from diffusers import EulerDiscreteScheduler
 from PIL import Image
 
-from reprolib import inversion
+from reprolib import checks, inversion
 from reprolib.checks import InputError, InputTypeError
 from reprolib.conditioning import Embeddings
 from reprolib.contrastive import contrastive_delta
@@ -209,3 +209,6 @@ def test_settings_are_chosen_on_a_draw_other_than_the_bars(bench_script, monkeyp
     bench.main(["--scenes", "0", "--edits", "8", "--edit-iterations", "0", "--edit-seed", "2027"])
     bench.main(["--scenes", "0", "--edits", "8", "--edit-iterations", "0"])
     assert seen == [other, bar] and "validation seed 2027" in capsys.readouterr().out
+    rc = checks.run_cli(bench.main, ["--scenes", "0", "--edit-seed", "-1"], "prog")  # before any pipeline loads
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--edit-seed" in err[0] and len(seen) == 2, err

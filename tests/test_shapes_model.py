@@ -1,10 +1,13 @@
 """The shipped shapes-world model: it loads fast, obeys captions, and its deltas act continuously."""
 
 import json
+import re
 import time
 
 import numpy as np
+import pytest
 
+from reprolib.checks import InputError
 from reprolib.evaluation import faithfulness
 from reprolib.pipelines import load_pipeline
 from reprolib.shapes import measure
@@ -104,6 +107,9 @@ def test_order_bias_reads_word_order_against_size(shapes_pipe, capsys):
     assert gap["v1"] < -0.08 and abs(gap["v5"]) < 0.06, gap  # the second object is small more often in v1 only
     assert set(v1["cos_size_delta_later_minus_first"]) == set(SIZE_WORDS)
     assert all(-1 <= c <= 1 for c in v1["cos_size_delta_later_minus_first"].values())
+    for bad, name in [({"n": 0}, "n (captions)"), ({"mix": "v9"}, "mix")]:  # refused by name, before any work
+        with pytest.raises(InputError, match=re.escape(name)):
+            order_bias(shapes_pipe, size, **bad)
     assert evaluation_cli(["--n", "0", "--order-bias", "200", "--order-mix", "v5"]) == 0
     out = capsys.readouterr().out
     assert "mix v5" in out and "object 2 of the caption" in out and "within each size word" in out

@@ -74,7 +74,10 @@ def main(argv=None) -> int:
         "cosine with 'a later object' in the encoder (text only, no images)",
     )
     p.add_argument(
-        "--order-mix", default="v1", choices=sorted(world.MIXES), help="with --order-bias: the captions' scene mix"
+        "--order-mix",
+        default=None,
+        choices=sorted(world.MIXES),
+        help="with --order-bias: the captions' scene mix (default v1, the shipped model's)",
     )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -86,6 +89,8 @@ def main(argv=None) -> int:
         p.error("nothing to measure: give --n, --attention, --specificity or --order-bias a positive number")
     if a.size_delta and not a.specificity:
         p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
+    if a.order_mix and not a.order_bias:
+        p.error("--order-mix picks the captions of --order-bias: give --order-bias CAPTIONS too")
     size = Delta.load(a.size_delta) if a.size_delta else None  # a missing or unreadable file fails before loading
     if a.json:
         checks.output_path(a.json, "--json", overwrite=a.overwrite)
@@ -124,7 +129,8 @@ def main(argv=None) -> int:
         print(spec)
         out["specificity"] = spec.numbers()
     if a.order_bias:
-        out["order_bias"] = order_bias(pipe, contrastive_delta(pipe, "shapes/size"), a.order_bias, mix=a.order_mix)
+        mix = a.order_mix or "v1"
+        out["order_bias"] = order_bias(pipe, contrastive_delta(pipe, "shapes/size"), a.order_bias, mix=mix)
         print(format_order_bias(out["order_bias"]))
     if a.json:
         with open(a.json, "w") as fh:

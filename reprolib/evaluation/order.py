@@ -2,8 +2,8 @@
 
 The world places objects one after the other and retries a big one that does not fit, so in placement order
 later objects are smaller. A mix that names them in that order (v1 to v4) teaches the encoder that "small"
-and "named later" go together; :func:`order_bias` measures both halves of that: the size words by the
-object's place in the caption, and the cosine between the size delta and the mean difference between a
+and "named later" go together; :func:`order_bias` measures both halves of that: the objects' size bins by
+their place in the caption, and the cosine between the size delta and the mean difference between a
 later object's noun state and a first object's, taken within each size word (so the words themselves,
 whose shares differ by place, do not make the direction).
 """
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..conditioning import TextConditioning
 from ..delta import Delta
 from ..shapes import world
@@ -37,7 +38,9 @@ def _noun_states(cond: TextConditioning, captions: list[str], name: str, batch: 
 
 
 def order_bias(pipe, size: Delta, n: int = 3000, seed: int = 0, mix: str = "v1") -> dict:
-    """Size words by place in ``n`` captions of ``mix``, and cos(size delta, later − first noun) per size word."""
+    """Size bins by place in ``n`` captions of ``mix``, and cos(size delta, later − first noun) per size word."""
+    checks.integer(n, "n (captions)", minimum=1)
+    checks.among([mix], "mix", sorted(world.MIXES))
     scenes = world.scenes(n, seed=seed, **world.MIXES[mix])
     shares: dict[int, dict[str, float]] = {}
     for k in range(max(len(s.objects) for s in scenes)):
