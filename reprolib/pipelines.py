@@ -27,6 +27,7 @@ from .architectures import FAMILIES, random_pipeline
 from .checks import InputError, InputTypeError
 from .device import pick_device, pick_dtype
 from .quiet import no_progress_bars, quiet
+from .shapes.model import normalise_keys
 from .tiny import tiny_pipeline
 
 KNOWN_MODELS = {
@@ -150,6 +151,8 @@ def load_pipeline(
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=bool(os.environ.get("CI")))
     pipe.reprolib_defaults = model_defaults(local)
+    if pipe.reprolib_defaults.get("key_norm"):  # a model trained with its keys normalised samples the same way
+        normalise_keys(pipe.unet)
     # the short name runs and reports record ("shapes", "sdxl"), also when loaded by its hub id
     pipe.reprolib_model = next((k for k, v in KNOWN_MODELS.items() if v == str(model)), str(model))
     return pipe

@@ -9,8 +9,9 @@ import torch
 from reprolib.attention import cross_attention_layers, record_attention
 from reprolib.checks import InputError
 from reprolib.conditioning import padding_mask
+from reprolib.pipelines import load_pipeline
 from reprolib.shapes import grounding, world
-from reprolib.shapes.model import build_unet, training_scheduler
+from reprolib.shapes.model import build_unet, normalise_keys, training_scheduler
 from reprolib.shapes.tokenizer import MAX_LENGTH, load_tokenizer, save_tokenizer
 from reprolib.shapes.train.__main__ import main as train_cli
 from reprolib.shapes.train.unet import swap_batch
@@ -394,3 +395,72 @@ def test_stretched_nouns_lengthen_one_noun_in_the_chosen_rows_and_nothing_else(t
     torch.testing.assert_close(same_direction, torch.ones_like(same_direction))
     untouched = grounding.stretch_nouns(states, nouns, 0.0, 2.5, torch.Generator().manual_seed(0))
     torch.testing.assert_close(untouched, states)
+
+
+def test_key_norm_places_a_word_by_its_direction_alone():
+    """--key-norm (#13): a longer token gets the same attention in the first layer (later layers see its longer
+    value); the fused processor, reprolib's ProbsProcessor and the grounding hook agree."""
+    torch.manual_seed(0)
+    unet = normalise_keys(build_unet()).eval()
+    x, t, cond = torch.randn(1, 4, 16, 16), torch.tensor([400]), torch.randn(1, 6, 64)
+    longer = cond.clone()
+    longer[:, 3] *= 2.5
+    layers = [n for n, _ in cross_attention_layers(unet)]
+    with torch.no_grad():
+        fused = unet(x, t, encoder_hidden_states=cond).sample
+        with grounding.cross_attention_probs(unet) as maps, record_attention(unet, layers) as store:
+            recorded = unet(x, t, encoder_hidden_states=cond).sample
+        with record_attention(unet, layers) as store_longer:
+            unet(x, t, encoder_hidden_states=longer)
+    torch.testing.assert_close(fused, recorded)
+    for name in layers:
+        torch.testing.assert_close(maps[name], store.get(name))
+    first = layers[0]
+    torch.testing.assert_close(store.get(first), store_longer.get(first))
+    plain = build_unet()  # without the norm the longer token takes more of the first layer's attention
+    plain.load_state_dict(unet.state_dict())
+    with torch.no_grad():
+        with record_attention(plain, [first]) as a:
+            plain(x, t, encoder_hidden_states=cond)
+        with record_attention(plain, [first]) as b:
+            plain(x, t, encoder_hidden_states=longer)
+    assert (a.get(first) - b.get(first)).abs().max() > 1e-3
+
+
+def test_key_norm_scales_the_queries_once_and_travels_with_the_model(tmp_path, capsys):
+    """From a model trained without it, --key-norm scales each layer's queries by its keys' mean length (once: a
+    run that starts from a key-normed one keeps them); the export declares it and load_pipeline installs it."""
+    base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
+    train_cli(["--out", str(tmp_path / "plain"), "--unet-steps", "2"] + base)
+    kn = ["--unet-steps", "0", "--key-norm"] + base
+    train_cli(["--out", str(tmp_path / "kn"), "--init-from", str(tmp_path / "plain")] + kn)
+    train_cli(["--out", str(tmp_path / "again"), "--init-from", str(tmp_path / "kn")] + kn)
+    ema = {n: torch.load(tmp_path / n / "unet.pt")["ema"]["unet"] for n in ("plain", "kn", "again")}
+    queries = [k for k in ema["plain"] if k.endswith("attn2.to_q.weight")]
+    assert len(queries) == 7
+    for k in ema["plain"]:
+        scale = ema["kn"][k] / ema["plain"][k]
+        if k in queries:
+            assert torch.allclose(scale, scale.flatten()[0]) and 0.05 < scale.flatten()[0] < 20
+            assert not torch.allclose(scale, torch.ones_like(scale))
+        else:
+            assert torch.equal(ema["kn"][k], ema["plain"][k])
+        assert torch.equal(ema["again"][k], ema["kn"][k])  # not rescaled a second time
+    assert json.loads((tmp_path / "kn" / "run.json").read_text())["key_norm"] is True
+    with pytest.raises(SystemExit):
+        train_cli(["--out", str(tmp_path / "bad"), "--init-from", str(tmp_path / "kn"), "--unet-steps", "0"] + base)
+    assert "was trained with --key-norm; pass --key-norm" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--key-norm False: .* was trained with True"):
+        train_cli(["--out", str(tmp_path / "kn"), "--init-from", str(tmp_path / "plain"), "--unet-steps", "1"] + base)
+    train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "export")])
+    assert json.loads((tmp_path / "export" / "reprolib.json").read_text())["key_norm"] is True
+    unet = load_pipeline(tmp_path / "export", device="cpu").unet
+    attn = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
+    assert len(attn) == 7 and all(m.norm_k is not None for m in attn)
+    plain = load_pipeline(_exported(tmp_path / "plain"), device="cpu").unet
+    assert all(m.norm_k is None for m in plain.modules() if getattr(m, "is_cross_attention", False))
+
+
+def _exported(run):
+    train_cli(["--out", str(run), "--export", str(run.parent / (run.name + "_export"))])
+    return run.parent / (run.name + "_export")

@@ -323,6 +323,8 @@ def cross_attention_probs(unet, skip: tuple[str, ...] = (), through: str = "both
             enc, bias = kwargs["encoder_hidden_states"], kwargs.get("attention_mask")
             enc = enc.detach() if through == "unet" else enc
             q, k = mod.head_to_batch_dim(mod.to_q(h)), mod.head_to_batch_dim(mod.to_k(enc))
+            if mod.norm_k is not None:  # a key-normalised model (model.normalise_keys) attends as it samples
+                k = mod.norm_k(k)
             if through == "keys":
                 q = q.detach()
             elif through == "queries":

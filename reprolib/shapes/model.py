@@ -6,7 +6,9 @@ DDIMScheduler), so every reprolib function treats it exactly like a real model.
 
 from __future__ import annotations
 
+import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.normalization import RMSNorm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .tokenizer import MAX_LENGTH
@@ -18,6 +20,7 @@ UNET_CHANNELS = (32, 64, 64)  # the UNet's channels at 16×16, 8×8 and 4×4 (v1
 # transformer blocks in each cross-attention layer at 16×16, 8×8 and the 4×4 mid block (diffusers'
 # transformer_layers_per_block; SDXL has 2 and 10): one each in v1–v3
 TRANSFORMER_LAYERS = (1, 1, 1)
+KEY_NORM_EPS = 1e-6
 # SD's noise schedule, so the scheduler chapter and the guidance maths carry over unchanged
 SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -63,6 +66,38 @@ def build_unet(
         attention_head_dim=tuple(c // HEAD_DIM for c in channels),
         norm_num_groups=16,
     )
+
+
+def normalise_keys(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Give every cross-attention layer's keys one length per head (a parameter-free RMS norm in diffusers'
+    ``norm_k`` seam, which its processors and reprolib's apply), in place.
+
+    A word's key then says where it wants to be drawn by its direction alone: a token made longer by an
+    attribute delta cannot outbid the other words for their pixels (issue #13); its value keeps its length.
+    A model folder declares it in ``reprolib.json`` (``"key_norm": true``) and ``load_pipeline`` installs it.
+    """
+    for m in unet.modules():
+        if getattr(m, "is_cross_attention", False):
+            m.norm_k = RMSNorm(m.to_k.out_features // m.heads, eps=KEY_NORM_EPS, elementwise_affine=False)
+    return unet
+
+
+@torch.no_grad()
+def match_key_lengths(unet: UNet2DConditionModel, states: torch.Tensor, read: torch.Tensor | None = None) -> dict:
+    """Before :func:`normalise_keys` on a UNet trained without it: scale each cross-attention layer's queries by
+    its keys' mean RMS over ``states`` (the slots ``read`` marks, 1 = read), so its attention logits start
+    where they were on average. Returns layer → the factor."""
+    factors = {}
+    for name, m in unet.named_modules():
+        if getattr(m, "is_cross_attention", False):
+            k = m.to_k(states)
+            rms = k.view(*k.shape[:2], m.heads, -1).pow(2).mean(-1).sqrt()  # (captions, tokens, heads)
+            w = torch.ones(rms.shape[:2]) if read is None else read.to(rms.dtype)
+            factors[name] = float((rms * w[..., None]).sum() / (w.sum() * m.heads))
+            m.to_q.weight.mul_(factors[name])
+            if m.to_q.bias is not None:
+                m.to_q.bias.mul_(factors[name])
+    return factors
 
 
 def build_text_encoder(tokenizer, width: int = TEXT_DIM, layers: int = TEXT_LAYERS) -> CLIPTextModel:

@@ -55,6 +55,8 @@ def main(argv=None) -> None:
     if a.init_from:
         src = a.init_from
         init_run = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
+        if init_run.get("key_norm") and not a.key_norm:
+            p.error(f"--init-from {src} was trained with --key-norm; pass --key-norm to train on from it")
         if sf_keep is None:  # its latents', or a kept folder's (--keep) record
             sf_keep = recorded_scaling_factor(src, init_run)
         if sf_keep is None:
@@ -62,6 +64,8 @@ def main(argv=None) -> None:
                 f"--init-from {src}: no latents.pt there and none in its run.json; pass --scaling-factor "
                 "(the one its UNet used)"
             )
+        if init_run.get("key_norm"):  # its queries were scaled to its key norm already: train_unet leaves them
+            run["init_key_norm"] = True
         run.update(
             init_from=str(src),
             init_step=init["step"],
@@ -119,6 +123,8 @@ def main(argv=None) -> None:
         text_width=a.text_width,
         text_layers=a.text_layers,
         unet_shape=unet_shape_of(run),
+        key_norm=a.key_norm,
+        init_key_norm=bool(run.get("init_key_norm")),
     )
     if history:
         print(f"unet+text: {history[-1]['step']} steps, smoothed loss {history[-1]['loss']:.4f}")

@@ -67,6 +67,8 @@ def export(out: Path, dest: Path) -> Path:
     summary = SUMMARIES[meta.get("summary", "full")]
     if summary:  # TextConditioning makes the end-of-text state without these words (with_summary)
         sampling["summary_without"] = list(summary)
+    if meta.get("key_norm"):  # load_pipeline installs the same key norm (model.normalise_keys)
+        sampling["key_norm"] = True
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
 

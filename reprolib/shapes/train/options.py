@@ -47,6 +47,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="mask the slots after the first end-of-text token in cross-attention (padding_mask)",
     )
     p.add_argument(
+        "--key-norm",
+        action="store_true",
+        help="cross-attention keys of one length per head (model.normalise_keys): a word's key places it by its "
+        "direction alone, so a longer (edited) token cannot take the other words' pixels; from a model trained "
+        "without it, each layer's queries are first scaled by its keys' mean length",
+    )
+    p.add_argument(
         "--reads",
         choices=sorted(READS),
         default="all",
@@ -354,6 +361,7 @@ def _check_same_reading(a, past: dict) -> None:
         ("--reads", "reads", a.reads, "all"),
         ("--summary", "summary", a.summary, "full"),
         ("--mask-padding", "mask_padding", a.mask_padding, False),
+        ("--key-norm", "key_norm", a.key_norm, False),
     ):
         if past.get(key, default) != given:
             raise checks.InputError(

@@ -45,6 +45,8 @@ def record(a, argv) -> dict:
         run["mix"] = a.mix
     if a.mask_padding:
         run["mask_padding"] = True
+    if a.key_norm:
+        run["key_norm"] = True
     if a.reads != "all":
         run["reads"] = a.reads
     if a.summary != "full":

@@ -16,7 +16,15 @@ from tqdm.auto import tqdm
 
 from ...conditioning import padding_mask, reads_mask, with_summary, without_words
 from .. import grounding, grow
-from ..model import TEXT_DIM, TEXT_LAYERS, build_text_encoder, build_unet, training_scheduler
+from ..model import (
+    TEXT_DIM,
+    TEXT_LAYERS,
+    build_text_encoder,
+    build_unet,
+    match_key_lengths,
+    normalise_keys,
+    training_scheduler,
+)
 from .data import save_atomic
 
 
@@ -102,6 +110,17 @@ def _models(tokenizer, init: dict | None, seed: int, width: int, layers: int, un
     return unet, text
 
 
+def _key_norm(unet, text, captions: list[str], tokenizer, reading: tuple[bool, str], calibrate: bool) -> None:
+    """Install ``normalise_keys``; ``calibrate``: first scale the queries (``match_key_lengths``) over the first 256
+    captions' read slots (``reading``: mask_padding, reads), for a UNet that was trained without it."""
+    if calibrate:
+        ids = token_ids(captions[:256], tokenizer)
+        with torch.no_grad():
+            factors = match_key_lengths(unet, text(ids)[0], reading_mask(ids, tokenizer, *reading))
+        print("key norm: queries scaled by " + ", ".join(f"{v:.2f}" for v in factors.values()))
+    normalise_keys(unet)
+
+
 def reading_mask(ids: torch.Tensor, tokenizer, mask_padding: bool, reads: str) -> torch.Tensor | None:
     """(captions, tokens): the slots cross-attention reads (``--reads``'s words, else up to the first
     end-of-text with ``mask_padding``), or None where it reads them all."""
@@ -179,6 +198,8 @@ def train_unet(
     text_width: int = TEXT_DIM,
     text_layers: int = TEXT_LAYERS,
     unet_shape: dict | None = None,
+    key_norm: bool = False,
+    init_key_norm: bool = False,
 ):
     """``init``: a UNet checkpoint to start from, as ``torch.load`` gives it (its EMA weights, as both the
     weights and the EMA copy; a fresh optimizer); only used until this run has written its own checkpoint.
@@ -191,10 +212,15 @@ def train_unet(
     (the limit of ``change_penalty``) / ``stretch`` (share of captions, largest factor: ``stretch_nouns``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
     see ``grounding``. ``text_width`` / ``text_layers``: the text encoder's size, ``unet_shape`` the
-    UNet's (``build_unet``'s options); a smaller ``init`` is grown to them with its function kept (``grow``)."""
+    UNet's (``build_unet``'s options); a smaller ``init`` is grown to them with its function kept (``grow``).
+    ``key_norm``: cross-attention keys of one length (``normalise_keys``), the queries first rescaled where
+    ``init`` was trained without it (``init_key_norm`` False)."""
     ckpt = out / "unet.pt"
     init = init if not ckpt.exists() else None
     unet, text = _models(tokenizer, init, seed, text_width, text_layers, unet_shape or {})
+    if key_norm:
+        calibrate = init is not None and not init_key_norm  # a resumed run's weights are already rescaled
+        _key_norm(unet, text, captions, tokenizer, (mask_padding, reads), calibrate)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = {"unet": copy.deepcopy(unet.state_dict()), "text": copy.deepcopy(text.state_dict())}
