@@ -88,7 +88,13 @@ def test_sweeps_from_single_seeds_join_as_one_sweep():
     assert both.leak() == pytest.approx(abs(5.5 - 5.0) / abs(35.0 - 11.0))
     pair = ("circle", "square")
     spec = [
-        Specificity(1.5, [k], sweeps={pair: s}, kept_by_colour={"green": {pair: k}, "yellow": {pair: 1.0}})
+        Specificity(
+            1.5,
+            [k],
+            sweeps={pair: s},
+            kept_by_colour={"green": {pair: k}, "yellow": {pair: 1.0}},
+            edited_by_colour={"green": {pair: 1.0 - k}, "yellow": {pair: 0.0}},
+        )
         for k, s in enumerate([s0, s1])
     ]
     merged = Specificity.merge(spec)
@@ -96,6 +102,8 @@ def test_sweeps_from_single_seeds_join_as_one_sweep():
     assert merged.kept_by_colour == {"green": {pair: 0.5}, "yellow": {pair: 1.0}}
     assert merged.kept[pair] == 0.5  # the pair's figure is its worst bystander colour
     assert "kept, yellow bystander" in merged.format() and merged.numbers()["worst_kept"] == 0.5
+    assert merged.edited_by_colour == {"green": {pair: 0.5}, "yellow": {pair: 0.0}}
+    assert merged.numbers()["worst_edited"] == 0.0 and "least edited 0.00" in merged.format()
 
 
 def test_a_bystander_of_the_edits_own_colours_is_refused():

@@ -72,12 +72,16 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     by_colour = m["specificity"]["kept_by_colour"]  # both colours the edit leaves alone; the bar is the worst
     assert set(by_colour) == {"green", "yellow"} and all(len(by) == 9 for by in by_colour.values())
     assert m["specificity"]["worst_kept"] == min(min(by.values()) for by in by_colour.values())
+    edited = m["specificity"]["edited_by_colour"]  # in the same pictures: did the stacked edit take?
+    assert set(edited) == {"green", "yellow"} and m["specificity"]["worst_edited"] == min(
+        min(by.values()) for by in edited.values()
+    )
     assert len(m["leak_yellow"]["pairs"]) == 9  # the leak beside a yellow bystander too; the worse is the bar
     leak = [v for bar, v, _ in bench.rows(m) if bar.startswith("size-delta leak ≤")]
     assert leak == [f"{np.max([m['specificity']['worst_leak'], m['leak_yellow']['worst_leak']]):.3f}"]
     assert json.loads(out.read_text())["met"] == m["met"]
     layers = [k for k in m["localisation"]["layers"] if "(16x16)" in k or "(8x8)" in k]
-    assert len(layers) == 6 and len(m["met"]) == 4 + 2 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak
+    assert len(layers) == 6 and len(m["met"]) == 4 + 3 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak
     assert ("every bar met" in printed) == all(m["met"].values())
     # the verdicts follow the numbers: one caption fewer counted right fails count
     m["faithfulness"] = {**m["faithfulness"], "count": 0.949}

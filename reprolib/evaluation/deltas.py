@@ -76,9 +76,14 @@ def size_sweep(
 
 def presence(pipe, prompt: str, edits, obj: tuple[str, str], seeds=range(8), **generate_kwargs) -> float:
     """Fraction of ``seeds`` whose image (with ``edits``) holds an object of ``obj`` = (colour, shape)."""
+    return presences(pipe, prompt, edits, [obj], seeds, **generate_kwargs)[obj]
+
+
+def presences(pipe, prompt: str, edits, objects, seeds=range(8), **generate_kwargs) -> dict[tuple[str, str], float]:
+    """:func:`presence` of each of ``objects`` in the same pictures (one generation per seed)."""
     images = generate(pipe, prompt, seed=list(seeds), edits=edits, **generate_kwargs)
-    hits = [measure.find(measure.measure(np.asarray(im)), *obj) is not None for im in images]
-    return float(np.mean(hits))
+    found = [measure.measure(np.asarray(im)) for im in images]
+    return {obj: float(np.mean([measure.find(f, *obj) is not None for f in found])) for obj in objects}
 
 
 def intact(sweep: Sweep, obj: tuple[str, str]) -> np.ndarray:

@@ -5,7 +5,8 @@ triangle", "a red square and a blue square", ...), the size delta at α is added
 token only, and the ruler measures both objects' areas at α = 0 and α. *Leak* is the bystander's
 mean area change ÷ the subject's (0: perfectly specific). *Composition*: size and colour edits
 stacked on the subject; how often the bystander is still in the picture, for each bystander colour
-asked for (the worst of them is the pair's figure).
+asked for (the worst of them is the pair's figure), and, in the same pictures, how often the edit took
+(the subject is blue): a model can keep the bystander by not editing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .. import checks
 from ..delta import Delta
 from ..edits import Edit
 from ..shapes import world
-from .deltas import Sweep, presence, size_sweep
+from .deltas import Sweep, presences, size_sweep
 
 
 def subject_pattern(colour: str, shape: str) -> re.Pattern:
@@ -39,6 +40,8 @@ class Specificity:
     leak: dict[tuple[str, str], float] = field(default_factory=dict)
     growth: dict[tuple[str, str], float] = field(default_factory=dict)  # the subject's mean area change (px)
     kept_by_colour: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
+    # in the same pictures: the subject recoloured (blue), i.e. the stacked edit took
+    edited_by_colour: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
     sweeps: dict[tuple[str, str], Sweep] = field(default_factory=dict, repr=False)  # areas, images dropped
 
     @classmethod
@@ -62,8 +65,9 @@ class Specificity:
             t = np.nanmean(joined.target, axis=1)
             out.growth[key] = float(t[-1] - t[0])
             for colour in parts[0].kept_by_colour:
-                kept = sum(p.kept_by_colour[colour][key] * len(p.seeds) for p in parts) / len(out.seeds)
-                out.kept_by_colour.setdefault(colour, {})[key] = float(kept)
+                for name in ("kept_by_colour", "edited_by_colour"):
+                    share = sum(getattr(p, name)[colour][key] * len(p.seeds) for p in parts) / len(out.seeds)
+                    getattr(out, name).setdefault(colour, {})[key] = float(share)
         return out
 
     @property
@@ -71,6 +75,10 @@ class Specificity:
         """Each pair's bystander presence under the stacked edit: the worst over the bystander colours."""
         pairs = next(iter(self.kept_by_colour.values()), {})
         return {key: min(by[key] for by in self.kept_by_colour.values()) for key in pairs}
+
+    def worst_edited(self) -> float:
+        """The stacked edit's weakest pair: the least share of pictures whose subject turned blue."""
+        return min((v for by in self.edited_by_colour.values() for v in by.values()), default=float("nan"))
 
     def worst_leak(self) -> float:
         return max(self.leak.values())
@@ -87,12 +95,16 @@ class Specificity:
             "seeds": len(self.seeds),
             "worst_leak": self.worst_leak(),
             "worst_kept": self.worst_kept(),
+            "worst_edited": self.worst_edited(),
             "pairs": {
                 f"{s} -> {b}": {"leak": v, "growth_px": self.growth[(s, b)], "kept": kept.get((s, b))}
                 for (s, b), v in self.leak.items()
             },
             "kept_by_colour": {
                 colour: {f"{s} -> {b}": v for (s, b), v in by.items()} for colour, by in self.kept_by_colour.items()
+            },
+            "edited_by_colour": {
+                colour: {f"{s} -> {b}": v for (s, b), v in by.items()} for colour, by in self.edited_by_colour.items()
             },
         }
 
@@ -101,12 +113,14 @@ class Specificity:
             f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
             "area change ÷ subject's",
             f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}"
-            + "".join(f"{'kept, ' + c + ' bystander':>24}" for c in self.kept_by_colour),
+            + "".join(f"{'kept, ' + c + ' bystander':>24}{'blue subject':>14}" for c in self.kept_by_colour),
         ]
         for key, v in self.leak.items():
-            kept = "".join(f"{by[key]:24.2f}" for by in self.kept_by_colour.values())
+            kept = "".join(
+                f"{by[key]:24.2f}{self.edited_by_colour[c][key]:14.2f}" for c, by in self.kept_by_colour.items()
+            )
             lines.append(f"{key[0] + ' → ' + key[1]:<24}{v:8.3f}{self.growth[key]:13.0f}{kept}")
-        kept = f"; worst kept {self.worst_kept():.2f}" if self.kept else ""
+        kept = f"; worst kept {self.worst_kept():.2f}, least edited {self.worst_edited():.2f}" if self.kept else ""
         lines.append(f"worst leak {self.worst_leak():.3f}{kept}")
         return "\n".join(lines)
 
@@ -164,8 +178,10 @@ def specificity(
                     Edit(colour, subject_pattern(a, subject), c_alpha),
                 ]
                 for c in bystander_colours:
-                    out.kept_by_colour.setdefault(c, {})[(subject, bystander)] = presence(
-                        pipe, f"a {a} {subject} and a {c} {bystander}", edits, (c, bystander), seeds=seeds,
-                        **generate_kwargs,
+                    found = presences(
+                        pipe, f"a {a} {subject} and a {c} {bystander}", edits,
+                        [(c, bystander), (COLOUR_TARGET, subject)], seeds=seeds, **generate_kwargs,
                     )  # fmt: skip
+                    out.kept_by_colour.setdefault(c, {})[(subject, bystander)] = found[(c, bystander)]
+                    out.edited_by_colour.setdefault(c, {})[(subject, bystander)] = found[(COLOUR_TARGET, subject)]
     return out
