@@ -26,12 +26,14 @@ notebooks: env
 
 # ruff (lint + format) first: it takes a second and names the file and line. pytest then runs on WORKERS
 # processes of one thread each (pytest-xdist; the CI machine has two cores); --dist loadscope keeps a notebook's
-# cells, which share one kernel, and a test file's module fixtures on one worker. One thread per process, notebook
-# kernels included: more threads than cores make torch's thread pools wait on each other many times over
+# cells, which share one kernel, and a test file's module fixtures on one worker, and files start in collection
+# order (not fewest tests last), so the browser test, the longest file, starts early instead of running alone at
+# the end. One thread per process, notebook kernels included: more threads than cores make torch's thread pools
+# wait on each other many times over
 WORKERS ?= 2
 test: env
 	$(VENV)/bin/ruff check reprolib tests benchmarks tools
 	$(VENV)/bin/ruff format --check reprolib tests benchmarks tools
 	$(PY) tools/fetch_clip_vocab.py || echo "no CLIP BPE vocabulary: the tests that need it will skip"
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --dist loadscope tests notebooks --nbval-lax \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(WORKERS) --dist loadscope --no-loadscope-reorder tests notebooks --nbval-lax \
 	  --sanitize-with notebooks/sanitize.cfg
