@@ -88,9 +88,9 @@ def rows(m: dict) -> list[tuple[str, str, bool | None]]:
     for colour, by in spec["kept_by_colour"].items():
         out.append((f"(figure) bystander kept, {colour} bystander: worst of 9", f"{min(by.values()):.2f}", None))
     # a bystander kept by an edit that did nothing is not composition: in the same pictures the subject turns blue
-    edited = spec["worst_edited"]
-    out.append(("size +2 & colour +1: subject turned blue ≥ 0.90 (the edit took), least of 9 × 2", f"{edited:.2f}",
-                edited >= 0.90))  # fmt: skip
+    edited, colours = spec["worst_edited"], len(spec["edited_by_colour"])
+    out.append((f"size +2 & colour +1: subject turned blue ≥ 0.90 (the edit took), least of 9 × {colours}",
+                f"{edited:.2f}", edited >= 0.90))  # fmt: skip
     for layer, v in loc["layers"].items():
         if "(16x16)" in layer or "(8x8)" in layer:
             need = 3.0 if layer.split(" (")[0] in loc["guided"] else 2.0
