@@ -30,6 +30,9 @@ from reprolib.widget_state import missing_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ERRORS = ("Error displaying widget", "model not found", "Traceback (most recent call last)")
+# anywidget 0.11 (jupyter-bbox-widget's base) rejects a model that takes over 2 s to load its ES module
+# (a fixed AbortSignal.timeout(2000) in its runtime): on a loaded 2-core machine it happens now and then
+ANYWIDGET_TIMEOUT = "[anywidget] Failed to initialize model."
 
 
 @dataclass(frozen=True)
@@ -426,7 +429,7 @@ def test_widgets_in_jupyterlab(lab, driver, started, chapter):
     assert _unsaved_models(lab, chapter) == [], "saving without the kernel dropped widget models"
     raced += _open_until_shown(d, lab, chapter)
     if raced:
-        pytest.xfail(f"upstream race when widgets come from the file (jupyterlab#15361): {raced[0]}")
+        pytest.xfail(f"upstream race when widgets come from the file (jupyterlab#15361, anywidget's 2 s): {raced[0]}")
 
 
 def _open_until_shown(d, lab, chapter: Chapter, tries: int = 6) -> list[str]:
@@ -434,8 +437,10 @@ def _open_until_shown(d, lab, chapter: Chapter, tries: int = 6) -> list[str]:
 
     JupyterLab 4 + ipywidgets 8 race (jupyterlab/jupyterlab#15361): the widget manager can declare itself
     restored from the kernel before it has read the notebook's saved state, and a widget drawn meanwhile
-    shows "model not found" for good. Measured: 1 open in 6 up to 3 in a row under load. The file holds every
-    model (checked by the caller), so a later open must show them all. Returns the problems of the raced opens.
+    shows "model not found" for good. Measured: 1 open in 6 up to 3 in a row under load. Under load anywidget's
+    2-second limit on loading a model's module can fire too (ANYWIDGET_TIMEOUT; seen once in CI). The
+    file holds every model (checked by the caller), so a later open must show them all. Returns the problems of
+    the raced opens.
     """
     raced = []
     for _ in range(tries):
@@ -444,6 +449,11 @@ def _open_until_shown(d, lab, chapter: Chapter, tries: int = 6) -> list[str]:
         if not problems:
             _static_picture(d, chapter.marker)
             return raced
-        assert all("model not found" in p or p == "Error displaying widget" for p in problems), problems
+        assert all(_upstream_race(p) for p in problems), problems
         raced.append(problems[0])
     raise AssertionError(f"{tries} opens in a row show a widget error: {raced}")
+
+
+def _upstream_race(problem: str) -> bool:
+    """A widget error that an open can show by upstream timing alone (see ``_open_until_shown``)."""
+    return "model not found" in problem or problem == "Error displaying widget" or ANYWIDGET_TIMEOUT in problem
