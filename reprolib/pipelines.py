@@ -27,7 +27,7 @@ from .architectures import FAMILIES, random_pipeline
 from .checks import InputError, InputTypeError
 from .device import pick_device, pick_dtype
 from .quiet import no_progress_bars, quiet
-from .shapes.model import normalise_keys
+from .shapes.model import cap_keys, normalise_keys
 from .tiny import tiny_pipeline
 
 KNOWN_MODELS = {
@@ -153,6 +153,8 @@ def load_pipeline(
     pipe.reprolib_defaults = model_defaults(local)
     if pipe.reprolib_defaults.get("key_norm"):  # a model trained with its keys normalised samples the same way
         normalise_keys(pipe.unet)
+    if pipe.reprolib_defaults.get("key_caps"):  # no key longer than a caption's (model.cap_keys)
+        cap_keys(pipe.unet, pipe.reprolib_defaults["key_caps"])
     # the short name runs and reports record ("shapes", "sdxl"), also when loaded by its hub id
     pipe.reprolib_model = next((k for k, v in KNOWN_MODELS.items() if v == str(model)), str(model))
     return pipe

@@ -11,7 +11,7 @@ from reprolib.checks import InputError
 from reprolib.conditioning import padding_mask
 from reprolib.pipelines import load_pipeline
 from reprolib.shapes import grounding, world
-from reprolib.shapes.model import build_unet, normalise_keys, training_scheduler
+from reprolib.shapes.model import KeyCap, build_unet, cap_keys, key_caps, normalise_keys, training_scheduler
 from reprolib.shapes.tokenizer import MAX_LENGTH, load_tokenizer, save_tokenizer
 from reprolib.shapes.train.__main__ import main as train_cli
 from reprolib.shapes.train.unet import swap_batch
@@ -464,3 +464,59 @@ def test_key_norm_scales_the_queries_once_and_travels_with_the_model(tmp_path, c
 def _exported(run):
     train_cli(["--out", str(run), "--export", str(run.parent / (run.name + "_export"))])
     return run.parent / (run.name + "_export")
+
+
+def test_key_caps_keep_every_captions_keys_and_shorten_only_longer_ones():
+    """Key caps (#13): calibrated on some token states, those states attend exactly as before (fused processor,
+    ProbsProcessor and the grounding hook alike); a token stretched past every cap is cut to the cap per head."""
+    torch.manual_seed(0)
+    unet = build_unet().eval()
+    x, t, cond = torch.randn(1, 4, 16, 16), torch.tensor([400]), torch.randn(1, 6, 64)
+    layers = [n for n, _ in cross_attention_layers(unet)]
+    with torch.no_grad(), record_attention(unet, layers) as before:
+        out = unet(x, t, encoder_hidden_states=cond).sample
+    caps = key_caps(unet, cond)
+    cap_keys(unet, caps)
+    longer = cond.clone()
+    longer[:, 3] *= 3.0
+    with torch.no_grad():
+        torch.testing.assert_close(unet(x, t, encoder_hidden_states=cond).sample, out)
+        with grounding.cross_attention_probs(unet) as maps, record_attention(unet, layers) as after:
+            unet(x, t, encoder_hidden_states=cond)
+        with record_attention(unet, layers) as stretched:
+            unet(x, t, encoder_hidden_states=longer)
+    for name in layers:
+        torch.testing.assert_close(after.get(name), before.get(name))
+        torch.testing.assert_close(maps[name], before.get(name))
+    first = dict(unet.named_modules())[layers[0]]
+    with torch.no_grad():
+        k = first.to_k(longer).view(1, 6, first.heads, -1).transpose(1, 2)
+        rms = first.norm_k(k).pow(2).mean(-1).sqrt()  # (1, heads, tokens)
+        cap = torch.tensor(caps[layers[0]])
+        torch.testing.assert_close(rms[0, :, 3], cap)  # the stretched token: at the cap
+        assert (rms <= cap[None, :, None] + 1e-5).all()
+    # the stretched token still takes more attention than before, but no more than at the cap's length
+    assert (stretched.get(layers[0]) - before.get(layers[0])).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="already has a key norm"):
+        cap_keys(unet, caps)
+    with pytest.raises(ValueError, match="this UNet does not have or lacks"):
+        cap_keys(build_unet(), {layers[0]: caps[layers[0]]})
+
+
+def test_key_caps_travel_in_reprolib_json(tmp_path):
+    """--export --key-caps writes each layer's longest caption key into reprolib.json and load_pipeline installs
+    the caps; an export without it loads plain; --key-caps alone is refused."""
+    base = ["--scenes", "64", "--batch", "4", "--vae-steps", "2", "--mix", "v2", "--mask-padding"]
+    run = tmp_path / "run"
+    train_cli(["--out", str(run), "--unet-steps", "1"] + base)
+    plain = load_pipeline(_exported(run), device="cpu").unet
+    assert all(m.norm_k is None for m in plain.modules() if getattr(m, "is_cross_attention", False))
+    with pytest.raises(InputError, match="--key-caps is written into an export"):
+        train_cli(["--out", str(tmp_path / "other"), "--key-caps"])
+    train_cli(["--out", str(run), "--export", str(tmp_path / "capped"), "--key-caps"])
+    caps = json.loads((tmp_path / "capped" / "reprolib.json").read_text())["key_caps"]
+    layers = {n: m for n, m in plain.named_modules() if getattr(m, "is_cross_attention", False)}
+    assert set(caps) == set(layers) and all(len(caps[n]) == m.heads and min(caps[n]) > 0 for n, m in layers.items())
+    capped = load_pipeline(tmp_path / "capped", device="cpu").unet
+    attn = [m for m in capped.modules() if getattr(m, "is_cross_attention", False)]
+    assert len(attn) == 7 and all(isinstance(m.norm_k, KeyCap) for m in attn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.models.normalization import RMSNorm
+from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .tokenizer import MAX_LENGTH
@@ -98,6 +99,57 @@ def match_key_lengths(unet: UNet2DConditionModel, states: torch.Tensor, read: to
             if m.to_q.bias is not None:
                 m.to_q.bias.mul_(factors[name])
     return factors
+
+
+class KeyCap(nn.Module):
+    """Shortens each head's keys that are longer (RMS) than its cap to the cap; shorter keys pass unchanged.
+
+    Sits in diffusers' ``norm_k`` seam, which sees keys as (batch, heads, tokens, d) or, in the grounding hook,
+    (batch·heads, tokens, d).
+    """
+
+    def __init__(self, caps: list[float]):
+        super().__init__()
+        # not saved with the UNet's weights: reprolib.json holds the caps (a plain UNet loads without them)
+        self.register_buffer("caps", torch.tensor(caps, dtype=torch.float32), persistent=False)
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        heads = len(self.caps)
+        caps = self.caps.to(k.dtype).view(-1, 1, 1)
+        caps = caps if k.ndim == 4 else caps.repeat(k.shape[0] // heads, 1, 1)
+        rms = k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(KEY_NORM_EPS)
+        return k * (caps / rms).clamp(max=1.0)
+
+
+@torch.no_grad()
+def key_caps(unet: UNet2DConditionModel, states: torch.Tensor, read: torch.Tensor | None = None) -> dict:
+    """Each cross-attention layer's longest key per head (RMS) over ``states``' read slots (``read``: 1 =
+    read): layer name → one cap per head, for :func:`cap_keys`."""
+    caps = {}
+    for name, m in unet.named_modules():
+        if getattr(m, "is_cross_attention", False):
+            k = m.to_k(states)
+            rms = k.view(*k.shape[:2], m.heads, -1).pow(2).mean(-1).sqrt()  # (captions, tokens, heads)
+            if read is not None:
+                rms = rms[read.bool()]
+            caps[name] = [float(f"{v:.5g}") for v in rms.reshape(-1, m.heads).max(0).values]
+    return caps
+
+
+def cap_keys(unet: UNet2DConditionModel, caps: dict) -> UNet2DConditionModel:
+    """No key longer than the longest a caption makes (:func:`key_caps`), in place: a token an attribute
+    delta made longer than any word cannot outbid the other words for their pixels by its length (issue
+    #13), while every caption's keys stay as they were. ``reprolib.json`` declares it (``"key_caps"``)."""
+    layers = {n: m for n, m in unet.named_modules() if getattr(m, "is_cross_attention", False)}
+    if set(caps) != set(layers):
+        raise ValueError(f"key caps name layers {sorted(set(caps) ^ set(layers))} this UNet does not have or lacks")
+    for name, m in layers.items():
+        if m.norm_k is not None:
+            raise ValueError(f"{name} already has a key norm ({type(m.norm_k).__name__}): cap or normalise, not both")
+        if len(caps[name]) != m.heads:
+            raise ValueError(f"{name}: {len(caps[name])} key caps for {m.heads} heads")
+        m.norm_k = KeyCap(caps[name])
+    return unet
 
 
 def build_text_encoder(tokenizer, width: int = TEXT_DIM, layers: int = TEXT_LAYERS) -> CLIPTextModel:

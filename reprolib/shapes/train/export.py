@@ -10,16 +10,20 @@ from pathlib import Path
 import torch
 
 from ... import checks
+from ...conditioning import with_summary
+from .. import world
 from ..grounding import READS, SUMMARIES
-from ..model import assemble, build_text_encoder, build_unet, build_vae
+from ..model import assemble, build_text_encoder, build_unet, build_vae, key_caps
 from ..tokenizer import load_tokenizer
 from .record import text_size_of, unet_shape_of
+from .unet import reading_mask, summary_ids, token_ids
 from .vae import load_decoder
 
 # what an export writes: an existing one is replaced only when asked (--overwrite)
 PIPELINE_FILES = ("model_index.json", "unet", "text_encoder", "vae", "tokenizer", "scheduler", "training.json")
 # what keep writes: the EMA weights alone (no optimiser state, no raw weights), the frozen VAE, its decoder
 KEEP_FILES = ("unet.pt", "vae.pt", "decoder.pt", "tokenizer", "run.json")
+KEY_CAP_CAPTIONS, KEY_CAP_SEED = 1024, 7  # the captions --key-caps measures the longest keys on
 
 
 def recorded_scaling_factor(out: Path, meta: dict) -> float | None:
@@ -38,8 +42,9 @@ def scaling_factor(out: Path, meta: dict) -> float:
     return sf
 
 
-def export(out: Path, dest: Path) -> Path:
-    """Write the EMA weights as a standard diffusers pipeline folder (safetensors)."""
+def export(out: Path, dest: Path, key_caps: bool = False) -> Path:
+    """Write the EMA weights as a standard diffusers pipeline folder (safetensors); ``key_caps``: with the
+    caps of :func:`caption_key_caps` in its ``reprolib.json``."""
     tokenizer = load_tokenizer(out / "tokenizer")
     vae = build_vae()
     vae.load_state_dict(torch.load(out / "vae.pt")["model"])
@@ -69,8 +74,26 @@ def export(out: Path, dest: Path) -> Path:
         sampling["summary_without"] = list(summary)
     if meta.get("key_norm"):  # load_pipeline installs the same key norm (model.normalise_keys)
         sampling["key_norm"] = True
+    if key_caps:  # load_pipeline installs them (model.cap_keys)
+        if meta.get("key_norm"):
+            raise checks.InputError(f"--key-caps: {out} was trained with --key-norm, whose keys have one length")
+        sampling["key_caps"] = caption_key_caps(unet, text, tokenizer, meta)
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)
+
+
+@torch.no_grad()
+def caption_key_caps(unet, text, tokenizer, meta: dict) -> dict:
+    """The longest key per layer and head (``model.key_caps``) over world captions, read as the model reads them
+    (its end-of-text summary, its reading mask; as ``TextConditioning.encode``)."""
+    captions = [s.caption for s in world.scenes(KEY_CAP_CAPTIONS, seed=KEY_CAP_SEED)]
+    ids = token_ids(captions, tokenizer)
+    states = text(ids)[0]
+    short = summary_ids(captions, tokenizer, meta.get("summary", "full"))
+    if short is not None:
+        states = with_summary(states, ids, text(short)[0], short, tokenizer.eos_token_id)
+    read = reading_mask(ids, tokenizer, bool(meta.get("mask_padding", False)), meta.get("reads", "all"))
+    return key_caps(unet, states, read)
 
 
 def keep(out: Path, dest: Path) -> Path:

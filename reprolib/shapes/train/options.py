@@ -214,6 +214,12 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="copy the run's EMA weights, VAE, tokenizer and record here (a folder --init-from takes, small "
         "enough to commit) and exit",
     )
+    p.add_argument(
+        "--key-caps",
+        action="store_true",
+        help="with --export: cap each cross-attention layer's keys at the longest any of 1,024 world captions makes "
+        "(model.cap_keys; the export's reprolib.json holds the caps): an edited token cannot outbid by length",
+    )
     p.add_argument("--overwrite", action="store_true", help="with --export or --keep: replace what is already there")
     return p
 
@@ -271,6 +277,8 @@ def check(a, init: dict | None) -> None:
         if not (a.out / "unet.pt").is_file():
             raise checks.InputError(f"{flag}: {a.out} has no trained UNet (unet.pt); train it first or give its run")
         checks.output_path(dest, flag, overwrite=a.overwrite, folder=True, files=files)
+    if a.key_caps and not a.export:
+        raise checks.InputError("--key-caps is written into an export: give --export DIR too")
     if a.overwrite and not (a.export or a.keep):
         raise checks.InputError("--overwrite needs --export or --keep (it lets them replace what is there)")
 
