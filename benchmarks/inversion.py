@@ -58,10 +58,14 @@ def _unbounded(leaks: np.ndarray) -> str:
     )
 
 
-def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None, fade_in=None) -> dict:
+def edit_table(
+    pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None, fade_in=None, reach="keys+values"
+) -> dict:
     size = contrastive_delta(pipe, "shapes/size")
     curves = [
-        probe.edit_curve(pipe, s, size, iterations=iterations, delay=delay, local_blend=blend, fade_in=fade_in)
+        probe.edit_curve(
+            pipe, s, size, iterations=iterations, delay=delay, local_blend=blend, fade_in=fade_in, reach=reach
+        )
         for s in scenes
     ]
     plain = sum(c.seconds["plain"] for c in curves)
@@ -73,7 +77,8 @@ def edit_table(pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, b
     intact = np.array([c.intact_share for c in curves])
     print(
         f"size edits on {len(scenes)} inverted two-object scenes (exact inversion, {iterations} fixed-point "
-        f"iterations; delay {delay}; fade-in {'default' if fade_in is None else fade_in}; local blend {blend}), "
+        f"iterations; delay {delay}; fade-in {'default' if fade_in is None else fade_in}; local blend {blend}; "
+        f"edit reaches {reach}), "
         f"α ∈ {list(probe.ALPHAS)}"
     )
     share, undefined = np.mean(rhos >= 0.95), int(np.isnan(rhos).sum())
@@ -150,6 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         help="fractions of the steps over which α rises after the delay, side by side (default: the library's)",
     )
     p.add_argument(
+        "--reach",
+        nargs="+",
+        default=["keys+values"],
+        choices=list(checks.REACHES),
+        help="what cross-attention reads the edited tokens for (Edit.reach), side by side: keys+values (the paper) "
+        "or values (keys from the unedited tokens)",
+    )
+    p.add_argument(
         "--subjects",
         nargs="+",
         default=["shrinkable"],
@@ -174,10 +187,10 @@ def main(argv: list[str] | None = None) -> None:
             other = "" if a.edit_seed == probe.EDIT_SEED else f" (validation seed {a.edit_seed})"
             print(f"subjects: {subjects}{other}")
             scenes = probe.edit_scenes(a.edits, seed=a.edit_seed, subjects=subjects)
-            for k, d, b, f in itertools.product(a.edit_iterations, a.delays, a.blend, a.fade_in):
+            for k, d, b, f, r in itertools.product(a.edit_iterations, a.delays, a.blend, a.fade_in, a.reach):
                 name = f"subjects={subjects} iterations={k} delay={d}" + ("" if b is None else f" blend={b}")
-                name += "" if f is None else f" fade_in={f}"
-                out["edits"][name] = edit_table(pipe, scenes, k, d, b, f)
+                name += ("" if f is None else f" fade_in={f}") + ("" if r == "keys+values" else f" reach={r}")
+                out["edits"][name] = edit_table(pipe, scenes, k, d, b, f, r)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

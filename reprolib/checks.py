@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 ALPHA_WARN = 100.0
+# what cross-attention reads an edit's tokens for (reprolib.edits.Edit.reach): the paper's both, or values alone
+REACHES = ("keys+values", "values")
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
@@ -187,23 +189,29 @@ def pattern(value, name: str = "pattern") -> None:
 
 
 def edit_list(value) -> list[tuple]:
-    """Each edit an ``Edit`` or a ``(delta, pattern, alpha)`` triple with a Delta, a pattern and a finite α."""
+    """Each edit an ``Edit`` or a ``(delta, pattern, alpha[, reach])`` tuple with a Delta, a pattern, a finite α
+    and, when given, a reach of ``REACHES``."""
     if value is None:
         return []
-    if isinstance(value, tuple) and len(value) == 3 and hasattr(value[0], "vectors"):
+    if isinstance(value, tuple) and len(value) in (3, 4) and hasattr(value[0], "vectors"):
         raise InputTypeError("edits is a list of (delta, pattern, alpha); wrap the single edit in a list: [edit]")
     out = []
     for i, e in enumerate(value):
-        if not isinstance(e, (tuple, list)) or len(e) != 3:
+        if not isinstance(e, (tuple, list)) or len(e) not in (3, 4):
             n = len(e) if isinstance(e, (tuple, list)) else type(e).__name__
             raise InputTypeError(
                 f"edits[{i}] must be (delta, pattern, alpha), e.g. (size, 'circle', 1.5); got {_show(e)} ({n})"
             )
-        d, p, a = e
+        d, p, a = e[:3]
         if not hasattr(d, "vectors"):
             raise InputTypeError(f"edits[{i}][0] must be a reprolib Delta, got {type(d).__name__}")
         pattern(p, f"edits[{i}] pattern")
         alpha(a, f"edits[{i}] alpha")
+        if len(e) == 4 and e[3] not in REACHES:
+            raise InputError(
+                f"edits[{i}] reach must be one of {', '.join(map(repr, REACHES))} (what cross-attention reads the "
+                f"edited tokens for), got {_show(e[3])}"
+            )
         out.append(tuple(e))
     return out
 

@@ -10,9 +10,11 @@ deltas live per encoder; :meth:`Embeddings.context` concatenates them for the UN
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -40,16 +42,27 @@ class Embeddings:
 
     ``mask`` (batch, tokens): which token slots cross-attention may read, for models trained with the
     padding masked (:func:`padding_mask`); None for SD, SDXL and every model that reads all slots.
+    ``keys``: the states cross-attention makes its *keys* from, where they differ from ``states`` (which
+    then make only the values): an edit that reaches the values alone (``Edit.reach``); None: the same.
     """
 
     states: dict[str, torch.Tensor]
     pooled: torch.Tensor | None = None
     tokens: list[Tokens] = field(default_factory=list)
     mask: torch.Tensor | None = None
+    keys: dict[str, torch.Tensor] | None = None
 
     def context(self) -> torch.Tensor:
         """What the UNet's cross-attention reads: the states concatenated along features."""
         return torch.cat(list(self.states.values()), dim=-1)
+
+    def key_states(self) -> dict[str, torch.Tensor]:
+        """The states the keys are made from (``keys``, else ``states``)."""
+        return self.states if self.keys is None else self.keys
+
+    def key_context(self) -> torch.Tensor | None:
+        """What cross-attention makes its keys from where it differs from :meth:`context`, else None."""
+        return None if self.keys is None else torch.cat(list(self.keys.values()), dim=-1)
 
     def clone(self) -> Embeddings:
         return Embeddings(
@@ -57,12 +70,21 @@ class Embeddings:
             None if self.pooled is None else self.pooled.clone(),
             list(self.tokens),
             self.mask,
+            None if self.keys is None else {k: v.clone() for k, v in self.keys.items()},
         )
 
     def towards(self, other: Embeddings, w: float) -> Embeddings:
         """The states (1 − w)·self + w·other, token by token (pooled kept as self's, which edits leave alone)."""
+        keys = None
+        if self.keys is not None or other.keys is not None:
+            mine, theirs = self.key_states(), other.key_states()
+            keys = {k: torch.lerp(v, theirs[k], w) for k, v in mine.items()}
         return Embeddings(
-            {k: torch.lerp(v, other.states[k], w) for k, v in self.states.items()}, self.pooled, self.tokens, self.mask
+            {k: torch.lerp(v, other.states[k], w) for k, v in self.states.items()},
+            self.pooled,
+            self.tokens,
+            self.mask,
+            keys,
         )
 
     @staticmethod
@@ -71,11 +93,15 @@ class Embeddings:
         masks = [e.mask for e in items]
         if any(m is None for m in masks) and not all(m is None for m in masks):
             raise ValueError("cannot batch embeddings with and without a padding mask (made by different models?)")
+        keys = None
+        if any(e.keys is not None for e in items):  # the others' keys are made from their states
+            keys = {k: torch.cat([e.key_states()[k] for e in items]) for k in items[0].states}
         return Embeddings(
             {k: torch.cat([e.states[k] for e in items]) for k in items[0].states},
             pooled,
             [t for e in items for t in e.tokens],
             None if masks[0] is None else torch.cat(masks),
+            keys,
         )
 
     def __getitem__(self, i) -> Embeddings:
@@ -86,6 +112,7 @@ class Embeddings:
             None if self.pooled is None else self.pooled[sl],
             toks,
             None if self.mask is None else self.mask[sl],
+            None if self.keys is None else {k: v[sl] for k, v in self.keys.items()},
         )
 
 
@@ -150,6 +177,36 @@ def with_summary(states: torch.Tensor, ids: torch.Tensor, summary: torch.Tensor,
 def _encoder_name(text_encoder) -> str:
     dim = text_encoder.config.hidden_size
     return {768: "clip_l", 1024: "openclip_h", 1280: "openclip_g"}.get(dim, "clip")
+
+
+class _KeysFrom(nn.Module):
+    """A cross-attention layer's ``to_k`` that projects other token states than the values' (same shape)."""
+
+    def __init__(self, to_k: nn.Module, states: torch.Tensor):
+        super().__init__()
+        self.to_k, self.states = to_k, states
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape != self.states.shape:
+            raise RuntimeError(f"keys made from states {tuple(self.states.shape)} for a context {tuple(x.shape)}")
+        return self.to_k(self.states.to(x.dtype))
+
+
+@contextmanager
+def keys_from(unet, states: torch.Tensor):
+    """Every cross-attention layer makes its keys from ``states`` (its values from the context it is given).
+
+    ``to_k`` is the one place every attention processor (diffusers' own, reprolib's) makes keys, so the
+    swap works under recorders and guidance alike; each layer gets its own ``to_k`` back on exit.
+    """
+    layers = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
+    for m in layers:
+        m.to_k = _KeysFrom(m.to_k, states)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.to_k = m.to_k.to_k
 
 
 class TextConditioning:
@@ -267,4 +324,8 @@ class TextConditioning:
             added = {k: v.to(dtype) for k, v in added.items()}
         if emb.mask is not None:
             kwargs["encoder_attention_mask"] = emb.mask.to(latents.device)
-        return unet(latents.to(dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added, **kwargs).sample
+        keys = emb.key_context()
+        if keys is None:
+            return unet(latents.to(dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added, **kwargs).sample
+        with keys_from(unet, keys.to(dtype)):  # an edit that reaches the values alone (Edit.reach)
+            return unet(latents.to(dtype), t, encoder_hidden_states=ctx, added_cond_kwargs=added, **kwargs).sample

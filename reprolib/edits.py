@@ -14,11 +14,17 @@ from .tokens import token_span
 
 class Edit(NamedTuple):
     """Add ``alpha``·``delta`` to the tokens of ``pattern`` (a word or phrase of the prompt; a compiled
-    ``re.Pattern`` for a regex)."""
+    ``re.Pattern`` for a regex).
+
+    ``reach``: what cross-attention reads the edited tokens for. ``"keys+values"`` (the paper): where the
+    subject is drawn and what is drawn there; ``"values"``: what alone, the keys made from the unedited
+    tokens, so the subject keeps the pixels the unedited prompt gives it and cannot take another object's.
+    """
 
     delta: Delta
     pattern: str | re.Pattern
     alpha: float
+    reach: str = "keys+values"
 
 
 def as_edits(edits: Iterable) -> list[Edit]:
@@ -27,7 +33,8 @@ def as_edits(edits: Iterable) -> list[Edit]:
 
 
 def apply_edits(cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit]) -> Embeddings:
-    """``emb`` with α·Δ added to each edit's tokens, per encoder, in every prompt of the batch.
+    """``emb`` with α·Δ added to each edit's tokens, per encoder, in every prompt of the batch; to the
+    states the keys are made from too unless the edit reaches the values alone (``Edit.reach``).
 
     The pooled embedding is left as it is (as in Baumann et al.): deltas are token-wise.
     """
@@ -35,11 +42,15 @@ def apply_edits(cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit]) 
     if not edits:
         return emb
     out = emb.clone()
-    for delta, pattern, alpha in edits:
+    if out.keys is None and any(e.reach == "values" for e in edits):
+        out.keys = {k: v.clone() for k, v in out.states.items()}
+    for delta, pattern, alpha, reach in edits:
         delta.check(cond)
+        targets = [out.states] if reach == "values" or out.keys is None else [out.states, out.keys]
         for b, toks in enumerate(out.tokens):
             pos = token_span(toks, pattern)
             for name, vec in delta.vectors.items():
-                s = out.states[name]
-                s[b, pos] += alpha * vec.to(s.device, s.dtype)
+                for states in targets:
+                    s = states[name]
+                    s[b, pos] += alpha * vec.to(s.device, s.dtype)
     return out

@@ -228,7 +228,7 @@ def _local_blend(
         )
     if not edits:
         return None  # nothing is edited: the picture comes back as it was
-    positions = [sorted({p for _, pattern, _ in edits for p in token_span(toks, pattern)}) for toks in plain.tokens]
+    positions = [sorted({p for e in edits for p in token_span(toks, e[1])}) for toks in plain.tokens]
     others = [[i for i, s in enumerate(t.special) if not s and i not in p] for t, p in zip(plain.tokens, positions)]
     anchor = subject_anchor(cond, plain, positions, inversion, aspect=height / width) if anchored else None
     return LocalBlend(

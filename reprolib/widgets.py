@@ -40,11 +40,13 @@ from .tokens import token_span
 
 @dataclass(frozen=True)
 class Attribute:
-    """One slider: the ``delta`` added to the tokens of ``pattern``, labelled ``name``."""
+    """One slider: the ``delta`` added to the tokens of ``pattern``, labelled ``name``; ``reach`` as
+    ``Edit.reach`` (``"values"``: the subject keeps where the unedited prompt draws it)."""
 
     delta: Delta
     pattern: str
     name: str | None = None
+    reach: str = "keys+values"
 
     @property
     def label(self) -> str:
@@ -118,7 +120,7 @@ def _check(pipe, prompt, seed, attributes, values, cache_size, threads, generate
     for a in attributes:
         checks.pattern(a.pattern, "attribute pattern")
     kw = {k: generate_kwargs.get(k) for k in ("steps", "guidance_scale", "negative_prompt", "height", "width")}
-    edits = [(a.delta, a.pattern, 1.0) for a in attributes]
+    edits = [(a.delta, a.pattern, 1.0, a.reach) for a in attributes]
     delay = generate_kwargs.get("delay", DELAY)
     checks.sampling(pipe, prompt, seed, default_steps=defaults(pipe)[0], edits=edits, delay=delay, **kw)
 
@@ -199,7 +201,7 @@ class AttributeSlider:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             self._misses += 1
-            edits = [Edit(a.delta, a.pattern, alpha) for a, alpha in zip(self.attributes, key)]
+            edits = [Edit(a.delta, a.pattern, alpha, a.reach) for a, alpha in zip(self.attributes, key)]
             kw = dict(self.generate_kwargs)
             if stale is not None:
                 kw["hooks"] = [*kw.get("hooks", ()), StopWhenStale(stale)]

@@ -29,7 +29,7 @@ from .order import format_order_bias, order_bias
 from .specificity import specificity
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m reprolib.evaluation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -66,6 +66,15 @@ def main(argv=None) -> int:
         "from it, yellow the nearest)",
     )
     p.add_argument(
+        "--reach",
+        nargs=2,
+        default=["keys+values", "keys+values"],
+        choices=list(checks.REACHES),
+        metavar=("SIZE", "COLOUR"),
+        help="with --specificity: what cross-attention reads the size and the colour edits' tokens for "
+        "(Edit.reach): keys+values (the paper) or values (keys from the unedited tokens)",
+    )
+    p.add_argument(
         "--order-bias",
         type=int,
         default=0,
@@ -82,6 +91,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
     a = p.parse_args(argv)
     for flag in ("n", "attention", "specificity", "order_bias"):
         checks.integer(getattr(a, flag), f"--{flag.replace('_', '-')}", minimum=0)
@@ -89,6 +103,8 @@ def main(argv=None) -> int:
         p.error("nothing to measure: give --n, --attention, --specificity or --order-bias a positive number")
     if a.size_delta and not a.specificity:
         p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
+    if a.reach != ["keys+values", "keys+values"] and not a.specificity:
+        p.error("--reach is measured by --specificity: give --specificity SEEDS too")
     if a.order_mix and not a.order_bias:
         p.error("--order-mix picks the captions of --order-bias: give --order-bias CAPTIONS too")
     size = Delta.load(a.size_delta) if a.size_delta else None  # a missing or unreadable file fails before loading
@@ -125,6 +141,7 @@ def main(argv=None) -> int:
             seeds=range(a.specificity),
             bystander_colours=tuple(a.bystander_colours),
             colours=("red", a.leak_bystander),
+            reach=tuple(a.reach),
         )
         print(spec)
         out["specificity"] = spec.numbers()

@@ -50,9 +50,11 @@ def size_sweep(
     other: tuple[str, str] | None = None,
     alphas=(-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
     seeds=range(8),
+    reach: str = "keys+values",
     **generate_kwargs,
 ) -> Sweep:
     """Generate ``prompt`` with ``(delta, word, α)`` for each α and seed; measure the (colour, shape) objects.
+    ``reach``: the edit's (``Edit.reach``).
 
     ``target``/``other`` are (colour, shape) of the edited object and of a bystander, e.g.
     ``("red", "circle")`` and ``("blue", "square")``.
@@ -62,7 +64,7 @@ def size_sweep(
     oth = np.full_like(tgt, np.nan) if other else None
     images = []
     for i, a in enumerate(alphas):
-        row = generate(pipe, prompt, seed=seeds, edits=[Edit(delta, word, a)], **generate_kwargs)
+        row = generate(pipe, prompt, seed=seeds, edits=[Edit(delta, word, a, reach)], **generate_kwargs)
         images.append(row)
         for j, im in enumerate(row):
             found = measure.measure(np.asarray(im))

@@ -176,9 +176,11 @@ def edit_curve(
     delay: float = EDIT_DELAY,
     local_blend: bool | float | str | None = None,
     fade_in: float | None = None,
+    reach: str = "keys+values",
     **invert_kwargs,
 ) -> EditCurve:
-    """Invert a two-object scene, then grow its first object with ``delta`` over ``alphas``.
+    """Invert a two-object scene, then grow its first object with ``delta`` over ``alphas`` (``reach``: the
+    edit's, ``Edit.reach``).
 
     Pixels that any frame's edited object covers (dilated by 2 px) are left out of the other object's
     area and of the pixel difference: a bigger object hiding its neighbour is occlusion, not leak.
@@ -193,7 +195,7 @@ def edit_curve(
             pipe,
             scene.caption,
             inversion=inv,
-            edits=[Edit(delta, word, a)],
+            edits=[Edit(delta, word, a, reach)],
             delay=delay,
             local_blend=local_blend,
             fade_in=fade_in,

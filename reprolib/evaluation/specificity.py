@@ -37,6 +37,7 @@ class Specificity:
 
     alpha: float
     seeds: list[int]
+    reach: tuple[str, str] = ("keys+values", "keys+values")  # the size and the colour edits' (Edit.reach)
     leak: dict[tuple[str, str], float] = field(default_factory=dict)
     growth: dict[tuple[str, str], float] = field(default_factory=dict)  # the subject's mean area change (px)
     kept_by_colour: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
@@ -50,7 +51,7 @@ class Specificity:
 
         Presence is averaged weighted by seeds; leak and growth are recomputed from the joined areas.
         """
-        out = cls(parts[0].alpha, [s for p in parts for s in p.seeds])
+        out = cls(parts[0].alpha, [s for p in parts for s in p.seeds], parts[0].reach)
         for key in parts[0].sweeps:
             sw = [p.sweeps[key] for p in parts]
             joined = Sweep(
@@ -93,6 +94,7 @@ class Specificity:
         return {
             "alpha": self.alpha,
             "seeds": len(self.seeds),
+            "reach": {"size": self.reach[0], "colour": self.reach[1]},
             "worst_leak": self.worst_leak(),
             "worst_kept": self.worst_kept(),
             "worst_edited": self.worst_edited(),
@@ -109,9 +111,10 @@ class Specificity:
         }
 
     def format(self) -> str:
+        reach = "" if self.reach == ("keys+values",) * 2 else f" (reach: size {self.reach[0]}, colour {self.reach[1]})"
         lines = [
             f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
-            "area change ÷ subject's",
+            "area change ÷ subject's" + reach,
             f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}"
             + "".join(f"{'kept, ' + c + ' bystander':>24}{'blue subject':>14}" for c in self.kept_by_colour),
         ]
@@ -137,6 +140,7 @@ def specificity(
     colours: tuple[str, str] = ("red", "blue"),
     composition: tuple[float, float] = (2.0, 1.0),
     bystander_colours: tuple[str, ...] = ("green",),
+    reach: tuple[str, str] = ("keys+values", "keys+values"),
     **generate_kwargs,
 ) -> Specificity:
     """Measure leak for every (subject, bystander) shape pair; with ``colour``, also the stacked-edit presence.
@@ -145,12 +149,16 @@ def specificity(
     takes each of ``bystander_colours`` in turn; none may be the subject's colour or blue (the shapes colour
     delta's target), which could not be told from the recoloured subject. Green, the default, is the colour
     nearest blue: a long edited token takes the place of the bystander nearest its own colour (session 23);
-    ``("green", "yellow")`` measures both colours the stacked edit does not involve.
+    ``("green", "yellow")`` measures both colours the stacked edit does not involve. ``reach``: the size and
+    the colour edits' ``Edit.reach`` (what cross-attention reads the edited tokens for).
     """
     others = [c for c in world.PALETTE if c not in (colours[0], COLOUR_TARGET)]
     bystander_colours = checks.among(bystander_colours, "bystander_colours", others)
     seeds = [int(s) for s in seeds]
-    out = Specificity(alpha, seeds)
+    reach = tuple(checks.among(reach, "reach", checks.REACHES))
+    if len(reach) != 2:
+        raise checks.InputError(f"reach is the size and the colour edits' reach, two of {checks.REACHES}; got {reach}")
+    out = Specificity(alpha, seeds, reach)
     a, b = colours
     for subject in world.SHAPES:
         for bystander in world.SHAPES:
@@ -164,6 +172,7 @@ def specificity(
                 (b, bystander),
                 alphas=(0.0, alpha),
                 seeds=seeds,
+                reach=reach[0],
                 **generate_kwargs,
             )
             sweep.images = []
@@ -174,8 +183,8 @@ def specificity(
             if colour is not None:
                 s_alpha, c_alpha = composition
                 edits = [
-                    Edit(size, subject_pattern(a, subject), s_alpha),
-                    Edit(colour, subject_pattern(a, subject), c_alpha),
+                    Edit(size, subject_pattern(a, subject), s_alpha, reach[0]),
+                    Edit(colour, subject_pattern(a, subject), c_alpha, reach[1]),
                 ]
                 for c in bystander_colours:
                     found = presences(
