@@ -59,7 +59,7 @@ def _unbounded(leaks: np.ndarray) -> str:
 
 
 def edit_table(
-    pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None, fade_in=None, reach="keys+values"
+    pipe, scenes, iterations: int, delay: float = probe.EDIT_DELAY, blend=None, fade_in=None, reach=None
 ) -> dict:
     size = contrastive_delta(pipe, "shapes/size")
     curves = [
@@ -78,7 +78,7 @@ def edit_table(
     print(
         f"size edits on {len(scenes)} inverted two-object scenes (exact inversion, {iterations} fixed-point "
         f"iterations; delay {delay}; fade-in {'default' if fade_in is None else fade_in}; local blend {blend}; "
-        f"edit reaches {reach}), "
+        f"edit reaches {reach or 'default'}), "
         f"α ∈ {list(probe.ALPHAS)}"
     )
     share, undefined = np.mean(rhos >= 0.95), int(np.isnan(rhos).sum())
@@ -122,6 +122,12 @@ def _blend(text: str):
     return named[text] if text in named else float(text)
 
 
+def _reach(text: str):
+    if text != "default" and text not in checks.REACHES:
+        raise argparse.ArgumentTypeError(f"pick default or one of {list(checks.REACHES)}, not {text!r}")
+    return None if text == "default" else text
+
+
 def _fade(text: str):
     return None if text == "default" else float(text)
 
@@ -157,10 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--reach",
         nargs="+",
-        default=["keys+values"],
-        choices=list(checks.REACHES),
-        help="what cross-attention reads the edited tokens for (Edit.reach), side by side: keys+values (the paper) "
-        "or values (keys from the unedited tokens)",
+        default=[None],
+        type=_reach,
+        help="what cross-attention reads the edited tokens for (Edit.reach), side by side: default (the library's), "
+        "keys+values (the paper) or values (keys from the unedited tokens)",
     )
     p.add_argument(
         "--subjects",
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             scenes = probe.edit_scenes(a.edits, seed=a.edit_seed, subjects=subjects)
             for k, d, b, f, r in itertools.product(a.edit_iterations, a.delays, a.blend, a.fade_in, a.reach):
                 name = f"subjects={subjects} iterations={k} delay={d}" + ("" if b is None else f" blend={b}")
-                name += ("" if f is None else f" fade_in={f}") + ("" if r == "keys+values" else f" reach={r}")
+                name += ("" if f is None else f" fade_in={f}") + ("" if r is None else f" reach={r}")
                 out["edits"][name] = edit_table(pipe, scenes, k, d, b, f, r)
     if a.json:
         with open(a.json, "w") as fh:

@@ -190,7 +190,7 @@ def pattern(value, name: str = "pattern") -> None:
 
 def edit_list(value) -> list[tuple]:
     """Each edit an ``Edit`` or a ``(delta, pattern, alpha[, reach])`` tuple with a Delta, a pattern, a finite α
-    and, when given, a reach of ``REACHES``."""
+    and, when given, a reach of ``REACHES`` (None: generate's choice)."""
     if value is None:
         return []
     if isinstance(value, tuple) and len(value) in (3, 4) and hasattr(value[0], "vectors"):
@@ -207,7 +207,7 @@ def edit_list(value) -> list[tuple]:
             raise InputTypeError(f"edits[{i}][0] must be a reprolib Delta, got {type(d).__name__}")
         pattern(p, f"edits[{i}] pattern")
         alpha(a, f"edits[{i}] alpha")
-        if len(e) == 4 and e[3] not in REACHES:
+        if len(e) == 4 and e[3] is not None and e[3] not in REACHES:
             raise InputError(
                 f"edits[{i}] reach must be one of {', '.join(map(repr, REACHES))} (what cross-attention reads the "
                 f"edited tokens for), got {_show(e[3])}"

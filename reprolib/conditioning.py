@@ -199,7 +199,10 @@ def keys_from(unet, states: torch.Tensor):
     ``to_k`` is the one place every attention processor (diffusers' own, reprolib's) makes keys, so the
     swap works under recorders and guidance alike; each layer gets its own ``to_k`` back on exit.
     """
-    layers = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
+    layers = getattr(unet, "_reprolib_cross_attention", None)
+    if layers is None:  # walking every module on each UNet call costs more than the swap itself
+        layers = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
+        unet._reprolib_cross_attention = layers
     for m in layers:
         m.to_k = _KeysFrom(m.to_k, states)
     try:

@@ -19,12 +19,14 @@ class Edit(NamedTuple):
     ``reach``: what cross-attention reads the edited tokens for. ``"keys+values"`` (the paper): where the
     subject is drawn and what is drawn there; ``"values"``: what alone, the keys made from the unedited
     tokens, so the subject keeps the pixels the unedited prompt gives it and cannot take another object's.
+    None: ``generate``'s choice, ``"values"`` for edits of an inverted picture (chosen by measurement,
+    ``benchmarks/inversion.py --reach``), the paper's otherwise.
     """
 
     delta: Delta
     pattern: str | re.Pattern
     alpha: float
-    reach: str = "keys+values"
+    reach: str | None = None
 
 
 def as_edits(edits: Iterable) -> list[Edit]:
@@ -32,13 +34,16 @@ def as_edits(edits: Iterable) -> list[Edit]:
     return [Edit(*e) for e in edit_list(edits)]
 
 
-def apply_edits(cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit]) -> Embeddings:
+def apply_edits(
+    cond: TextConditioning, emb: Embeddings, edits: Iterable[Edit], default_reach: str = "keys+values"
+) -> Embeddings:
     """``emb`` with α·Δ added to each edit's tokens, per encoder, in every prompt of the batch; to the
-    states the keys are made from too unless the edit reaches the values alone (``Edit.reach``).
+    states the keys are made from too unless the edit reaches the values alone (``Edit.reach``;
+    ``default_reach`` where it is None).
 
     The pooled embedding is left as it is (as in Baumann et al.): deltas are token-wise.
     """
-    edits = as_edits(edits)
+    edits = [e if e.reach else e._replace(reach=default_reach) for e in as_edits(edits)]
     if not edits:
         return emb
     out = emb.clone()

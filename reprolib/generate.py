@@ -29,6 +29,9 @@ DELAY = 0.2  # fraction of the steps before edits apply (Baumann et al.'s notebo
 # switching on at once (chosen by benchmarks/inversion.py --fade-in: the abrupt switch breaks a shrunk
 # subject into pieces); generation from noise keeps the paper's switch (0)
 FADE_IN = 0.16
+# an inverted picture's edits reach cross-attention's values alone (Edit.reach): on the bar's 32 scenes and a
+# second draw, ρ and leak bars held on 32 and 30 curves of 32, against 31 and 29/28 for the paper's keys+values
+INVERSION_REACH = "values"
 SD_DEFAULTS = {"steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's pipelines
 
 
@@ -272,7 +275,8 @@ def generate(
 
     ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).
     ``fade_in``: fraction of the steps after it over which α rises linearly to its value (default:
-    ``FADE_IN`` for edits of an inversion, 0, the paper's switch, otherwise).
+    ``FADE_IN`` for edits of an inversion, 0, the paper's switch, otherwise). An edit whose ``reach`` is None
+    reaches the values alone on an inversion (``INVERSION_REACH``), keys and values (the paper) otherwise.
     ``boxes``: ``{phrase: box or [boxes]}``, boxes normalised ``(x0, y0, x1, y1)`` from the top left;
     ``layout`` is a :class:`reprolib.layout.LayoutConfig` for them. ``hooks``: more
     :class:`~reprolib.protocols.StepHook`\ s. Returns one image for one prompt and seed, else a list
@@ -320,7 +324,7 @@ def generate(
     height, width = dh if height is None else height, dw if width is None else width
 
     plain = cond.encode(prompts)
-    edited = apply_edits(cond, plain, edits)
+    edited = apply_edits(cond, plain, edits, default_reach=INVERSION_REACH if inversion is not None else "keys+values")
     uncond = cond.encode_negative(negative_prompt, len(prompts))
     hooks = _hooks(hooks, cond, plain, boxes, layout, height, width)
     sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume, inversion)

@@ -41,12 +41,12 @@ from .tokens import token_span
 @dataclass(frozen=True)
 class Attribute:
     """One slider: the ``delta`` added to the tokens of ``pattern``, labelled ``name``; ``reach`` as
-    ``Edit.reach`` (``"values"``: the subject keeps where the unedited prompt draws it)."""
+    ``Edit.reach`` (None: generate's choice)."""
 
     delta: Delta
     pattern: str
     name: str | None = None
-    reach: str = "keys+values"
+    reach: str | None = None
 
     @property
     def label(self) -> str:

@@ -10,7 +10,8 @@ from reprolib.conditioning import Embeddings, TextConditioning
 from reprolib.delta import Delta
 from reprolib.edits import Edit, apply_edits
 from reprolib.evaluation.__main__ import main as evaluation_cli
-from reprolib.generate import generate
+from reprolib.generate import INVERSION_REACH, generate
+from reprolib.inversion import invert
 from reprolib.widgets import Attribute, attribute_slider
 
 
@@ -110,3 +111,23 @@ def test_the_slider_takes_a_reach_per_attribute(sd15):
     assert not np.array_equal(np.asarray(frame), np.asarray(paper))
     with pytest.raises(InputError, match=r"reach must be one of"):
         attribute_slider(sd15, "a cat and a dog", [Attribute(d, "cat", reach="all")], **kw)
+
+
+def test_an_inverted_pictures_edits_reach_the_values_unless_told(sd15):
+    """``reach=None`` (the default) is generate's choice: values alone from an inversion (INVERSION_REACH), the
+    paper's keys and values from noise; an explicit reach is kept in both."""
+    cond = TextConditioning(sd15)
+    d = _delta(cond)
+    rng = np.random.default_rng(0)
+    inv = invert(sd15, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), "a cat and a dog", steps=3, verify=False)
+    kw = dict(output_type="latent", delay=0.0, local_blend=False)
+
+    def run(reach, **more):
+        return generate(sd15, "a cat and a dog", edits=[Edit(d, "cat", 2.0, reach)], **kw, **more)
+
+    assert INVERSION_REACH == "values"
+    torch.testing.assert_close(run(None, inversion=inv), run("values", inversion=inv))
+    assert not torch.allclose(run("keys+values", inversion=inv), run("values", inversion=inv))
+    noise = dict(seed=0, steps=3)
+    torch.testing.assert_close(run(None, **noise), run("keys+values", **noise))
+    assert not torch.allclose(run("values", **noise), run("keys+values", **noise))

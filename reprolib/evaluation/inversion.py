@@ -176,11 +176,11 @@ def edit_curve(
     delay: float = EDIT_DELAY,
     local_blend: bool | float | str | None = None,
     fade_in: float | None = None,
-    reach: str = "keys+values",
+    reach: str | None = None,
     **invert_kwargs,
 ) -> EditCurve:
     """Invert a two-object scene, then grow its first object with ``delta`` over ``alphas`` (``reach``: the
-    edit's, ``Edit.reach``).
+    edit's, ``Edit.reach``; None: generate's choice).
 
     Pixels that any frame's edited object covers (dilated by 2 px) are left out of the other object's
     area and of the pixel difference: a bigger object hiding its neighbour is occlusion, not leak.

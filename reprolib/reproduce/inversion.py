@@ -12,7 +12,7 @@ import numpy as np
 
 from ..contrastive import contrastive_delta
 from ..evaluation import inversion as probe
-from ..generate import generate
+from ..generate import INVERSION_REACH, generate
 from ..inversion import METHODS, invert
 from .registry import Claim, Context, Outcome
 
@@ -55,7 +55,8 @@ class InversionSection:
             "reconstruction": {m: {k: v for k, v in r.items() if "seconds" not in k and k != "time_ratio"}
                                for m, r in recon.items()},
             "edits": {"scenes": len(curves), "subjects": "shrinkable", "delay": probe.EDIT_DELAY,
-                      "alphas": list(probe.ALPHAS), "rho": rho, "leak": leak, "intact": intact},
+                      "reach": INVERSION_REACH, "alphas": list(probe.ALPHAS), "rho": rho, "leak": leak,
+                      "intact": intact},
         }  # fmt: skip
         timings = {m: r["time_ratio"] for m, r in recon.items() if r.get("time_ratio") is not None}
         e = recon["exact"]
