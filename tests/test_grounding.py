@@ -452,6 +452,9 @@ def test_key_norm_scales_the_queries_once_and_travels_with_the_model(tmp_path, c
     assert "was trained with --key-norm; pass --key-norm" in capsys.readouterr().err
     with pytest.raises(InputError, match="--key-norm False: .* was trained with True"):
         train_cli(["--out", str(tmp_path / "kn"), "--init-from", str(tmp_path / "plain"), "--unet-steps", "1"] + base)
+    with pytest.raises(InputError, match="--key-caps: .* was trained with --key-norm"):
+        train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "capped"), "--key-caps"])
+    assert not (tmp_path / "capped").exists()  # refused before anything is written
     train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "export")])
     assert json.loads((tmp_path / "export" / "reprolib.json").read_text())["key_norm"] is True
     unet = load_pipeline(tmp_path / "export", device="cpu").unet

@@ -10,6 +10,7 @@ from reprolib.conditioning import Embeddings, TextConditioning
 from reprolib.delta import Delta
 from reprolib.edits import Edit, apply_edits
 from reprolib.evaluation.__main__ import main as evaluation_cli
+from reprolib.evaluation.specificity import specificity
 from reprolib.generate import INVERSION_REACH, generate
 from reprolib.inversion import invert
 from reprolib.widgets import Attribute, attribute_slider
@@ -91,6 +92,10 @@ def test_values_reach_generates_with_edits_and_boxes(family, request):
 
 def test_a_wrong_reach_is_refused_by_name(sd15):
     cond = TextConditioning(sd15)
+    with pytest.raises(InputError, match=r"reach=\('values', 'all'\): 'all' is not allowed here"):
+        specificity(sd15, _delta(cond), reach=("values", "all"))
+    with pytest.raises(InputError, match="reach is the size and the colour edits' reach"):
+        specificity(sd15, _delta(cond), reach=("values",))
     with pytest.raises(InputError, match=r"edits\[0\] reach must be one of 'keys\+values', 'values'.*'keys'"):
         generate(sd15, "a cat", edits=[(_delta(cond), "cat", 1.0, "keys")], steps=2)
     with pytest.raises(SystemExit):

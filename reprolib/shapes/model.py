@@ -83,6 +83,12 @@ def normalise_keys(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     return unet
 
 
+def _key_rms(attn, states: torch.Tensor) -> torch.Tensor:
+    """(captions, tokens, heads): each head's key RMS of each token state, in cross-attention layer ``attn``."""
+    k = attn.to_k(states)
+    return k.view(*k.shape[:2], attn.heads, -1).pow(2).mean(-1).sqrt()
+
+
 @torch.no_grad()
 def match_key_lengths(unet: UNet2DConditionModel, states: torch.Tensor, read: torch.Tensor | None = None) -> dict:
     """Before :func:`normalise_keys` on a UNet trained without it: scale each cross-attention layer's queries by
@@ -91,8 +97,7 @@ def match_key_lengths(unet: UNet2DConditionModel, states: torch.Tensor, read: to
     factors = {}
     for name, m in unet.named_modules():
         if getattr(m, "is_cross_attention", False):
-            k = m.to_k(states)
-            rms = k.view(*k.shape[:2], m.heads, -1).pow(2).mean(-1).sqrt()  # (captions, tokens, heads)
+            rms = _key_rms(m, states)
             w = torch.ones(rms.shape[:2]) if read is None else read.to(rms.dtype)
             factors[name] = float((rms * w[..., None]).sum() / (w.sum() * m.heads))
             m.to_q.weight.mul_(factors[name])
@@ -128,8 +133,7 @@ def key_caps(unet: UNet2DConditionModel, states: torch.Tensor, read: torch.Tenso
     caps = {}
     for name, m in unet.named_modules():
         if getattr(m, "is_cross_attention", False):
-            k = m.to_k(states)
-            rms = k.view(*k.shape[:2], m.heads, -1).pow(2).mean(-1).sqrt()  # (captions, tokens, heads)
+            rms = _key_rms(m, states)
             if read is not None:
                 rms = rms[read.bool()]
             caps[name] = [float(f"{v:.5g}") for v in rms.reshape(-1, m.heads).max(0).values]

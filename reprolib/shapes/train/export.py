@@ -75,8 +75,6 @@ def export(out: Path, dest: Path, key_caps: bool = False) -> Path:
     if meta.get("key_norm"):  # load_pipeline installs the same key norm (model.normalise_keys)
         sampling["key_norm"] = True
     if key_caps:  # load_pipeline installs them (model.cap_keys)
-        if meta.get("key_norm"):
-            raise checks.InputError(f"--key-caps: {out} was trained with --key-norm, whose keys have one length")
         sampling["key_caps"] = caption_key_caps(unet, text, tokenizer, meta)
     (Path(dest) / "reprolib.json").write_text(json.dumps(sampling, indent=1))
     return Path(dest)

@@ -279,6 +279,9 @@ def check(a, init: dict | None) -> None:
         checks.output_path(dest, flag, overwrite=a.overwrite, folder=True, files=files)
     if a.key_caps and not a.export:
         raise checks.InputError("--key-caps is written into an export: give --export DIR too")
+    record = a.out / "run.json"
+    if a.key_caps and record.is_file() and json.loads(record.read_text()).get("key_norm"):
+        raise checks.InputError(f"--key-caps: {a.out} was trained with --key-norm, whose keys have one length already")
     if a.overwrite and not (a.export or a.keep):
         raise checks.InputError("--overwrite needs --export or --keep (it lets them replace what is there)")
 
