@@ -10,7 +10,9 @@ Each row is a bar of the issue with what this model measured and whether it is m
 - the size delta's leak on every subject/bystander shape pair at α = 1.5, beside a blue bystander (the colour
   furthest from the red subject) and a yellow one (the nearest; the worse is the bar), and the bystander kept
   under size +2 and colour +1 on the subject (``--seeds`` each), with the bystander in each colour the edit does
-  not involve (green and yellow; the worst is the bar);
+  not involve (green and yellow; the worst is the bar). The edits are composed as the shapes world composes
+  them (``--reach``, ``--colour-delay``): size on cross-attention's values alone at the paper's delay, colour on
+  keys and values from the first step (this world settles colour within the paper's delay);
 - a noun's attention on its object ÷ uniform in every 16×16 and 8×8 cross-attention layer (≥ 3 in the layers
   layout guidance uses);
 - backward layout guidance: in box, and its time ÷ unguided (``--layout-seeds``, three cases);
@@ -38,7 +40,7 @@ from reprolib.delta import Delta
 from reprolib.evaluation import faithfulness as faith
 from reprolib.evaluation.layout import DEFAULT_CASES, layout_probe, methods
 from reprolib.evaluation.localisation import localisation
-from reprolib.evaluation.specificity import specificity
+from reprolib.evaluation.specificity import COMPOSED_COLOUR_DELAY, COMPOSED_REACH, specificity
 from reprolib.layout import LayoutConfig
 from reprolib.pipelines import load_pipeline
 from reprolib.reproduce.deltas import join, seed_sweeps, sweep_numbers
@@ -85,6 +87,9 @@ def rows(m: dict) -> list[tuple[str, str, bool | None]]:
             spec["worst_kept"] >= 0.90,
         ),
     ]
+    r, cd = spec["reach"], spec["colour_delay"]
+    when = "the library's delay" if cd is None else f"{cd:g} of the steps"
+    out.append(("(figure) edits: size reaches / colour reaches, from", f"{r['size']} / {r['colour']}, {when}", None))
     for colour, by in spec["kept_by_colour"].items():
         out.append((f"(figure) bystander kept, {colour} bystander: worst of 9", f"{min(by.values()):.2f}", None))
     # a bystander kept by an edit that did nothing is not composition: in the same pictures the subject turns blue
@@ -126,9 +131,12 @@ def measure(pipe, a, learned: Delta | None) -> dict:
     m["faithfulness"] = faithfulness(pipe, [(a.captions, faith.EVAL_SEED), (a.more, MORE_SEED)])
     say("specificity ...")
     m["specificity"] = specificity(
-        pipe, size, colour, seeds=range(a.seeds), bystander_colours=("green", "yellow")
+        pipe, size, colour, seeds=range(a.seeds), bystander_colours=("green", "yellow"), reach=tuple(a.reach),
+        colour_delay=a.colour_delay,
+    ).numbers()  # fmt: skip
+    m["leak_yellow"] = specificity(
+        pipe, size, None, seeds=range(a.seeds), colours=("red", "yellow"), reach=tuple(a.reach)
     ).numbers()
-    m["leak_yellow"] = specificity(pipe, size, None, seeds=range(a.seeds), colours=("red", "yellow")).numbers()
     say("localisation ...")
     m["localisation"] = {**localisation(pipe, a.scenes), "guided": default_layers(pipe.unet)}
     say("layout ...")
@@ -154,6 +162,22 @@ def main(argv=None) -> dict:
     p.add_argument("--layout-seeds", type=int, default=8)
     p.add_argument("--threshold", type=float, default=LayoutConfig.loss_threshold, help="layout's energy threshold")
     p.add_argument("--delta-seeds", type=int, default=8, help="seeds per α sweep of the size deltas")
+    p.add_argument(
+        "--reach",
+        nargs=2,
+        default=list(COMPOSED_REACH),
+        choices=list(checks.REACHES),
+        metavar=("SIZE", "COLOUR"),
+        help="the size and the colour edits' Edit.reach in the leak and composition rows (default: how the shapes "
+        "world composes them, size on the values; keys+values keys+values is the paper's)",
+    )
+    p.add_argument(
+        "--colour-delay",
+        type=float,
+        default=COMPOSED_COLOUR_DELAY,
+        help="the colour edit's own delay in the composition rows (default 0: from the first step; 0.2 is the "
+        "paper's, as the size edit's)",
+    )
     p.add_argument("--learned", type=Path, default=None, help="a learned size delta to hold to the same bars")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write every number here")
@@ -163,6 +187,7 @@ def main(argv=None) -> dict:
     for flag, least in (("captions", 1), ("more", 0), ("seeds", 1), ("scenes", 1), ("layout_seeds", 1)):
         checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=least)
     checks.integer(a.delta_seeds, "--delta-seeds", minimum=1)
+    checks.number(a.colour_delay, "--colour-delay", optional=False, low=0.0, high=1.0)
     if a.json:  # before the work, not after it
         checks.output_path(a.json, "--json", overwrite=a.overwrite)
     learned = Delta.load(a.learned) if a.learned else None

@@ -189,15 +189,15 @@ def pattern(value, name: str = "pattern") -> None:
 
 
 def edit_list(value) -> list[tuple]:
-    """Each edit an ``Edit`` or a ``(delta, pattern, alpha[, reach])`` tuple with a Delta, a pattern, a finite α
-    and, when given, a reach of ``REACHES`` (None: generate's choice)."""
+    """Each edit an ``Edit`` or a ``(delta, pattern, alpha[, reach[, delay]])`` tuple with a Delta, a pattern, a
+    finite α and, when given, a reach of ``REACHES`` and a delay in [0, 1] (None for either: generate's choice)."""
     if value is None:
         return []
-    if isinstance(value, tuple) and len(value) in (3, 4) and hasattr(value[0], "vectors"):
+    if isinstance(value, tuple) and len(value) in (3, 4, 5) and hasattr(value[0], "vectors"):
         raise InputTypeError("edits is a list of (delta, pattern, alpha); wrap the single edit in a list: [edit]")
     out = []
     for i, e in enumerate(value):
-        if not isinstance(e, (tuple, list)) or len(e) not in (3, 4):
+        if not isinstance(e, (tuple, list)) or len(e) not in (3, 4, 5):
             n = len(e) if isinstance(e, (tuple, list)) else type(e).__name__
             raise InputTypeError(
                 f"edits[{i}] must be (delta, pattern, alpha), e.g. (size, 'circle', 1.5); got {_show(e)} ({n})"
@@ -212,6 +212,8 @@ def edit_list(value) -> list[tuple]:
                 f"edits[{i}] reach must be one of {', '.join(map(repr, REACHES))} (what cross-attention reads the "
                 f"edited tokens for), got {_show(e[3])}"
             )
+        if len(e) == 5 and e[4] is not None:
+            number(e[4], f"edits[{i}] delay (a fraction of the steps; None: generate's delay)", low=0.0, high=1.0)
         out.append(tuple(e))
     return out
 
@@ -239,7 +241,16 @@ def sampling(
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InputTypeError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
     checked = edit_list(edits)
-    delay_fraction(delay, n, bool(checked))
+    own = [e[4] if len(e) == 5 else None for e in checked]  # an edit's own delay (Edit.delay), else None
+    delay_fraction(delay, n, any(d is None for d in own))
+    for i, d in enumerate(own):
+        if d is not None and round(d * n) >= n:
+            warnings.warn(
+                f"edits[{i}] delay={d} with steps={n} leaves no step that uses this edit: it is never applied; "
+                f"use a delay below {(n - 0.5) / n:.3g}, or None for generate's delay",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     size(pipe, height, width)
     prompt_length(pipe.tokenizer, texts + ([negative_prompt] if negative_prompt else []))
     return checked

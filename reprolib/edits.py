@@ -21,12 +21,16 @@ class Edit(NamedTuple):
     tokens, so the subject keeps the pixels the unedited prompt gives it and cannot take another object's.
     None: ``generate``'s choice, ``"values"`` for edits of an inverted picture (chosen by measurement,
     ``benchmarks/inversion.py --reach``), the paper's otherwise.
+
+    ``delay``: this edit's own share of unedited first steps; None: ``generate``'s ``delay``. An attribute
+    the model settles early (colour, in the shapes world) can start before one it settles late (size).
     """
 
     delta: Delta
     pattern: str | re.Pattern
     alpha: float
     reach: str | None = None
+    delay: float | None = None
 
 
 def as_edits(edits: Iterable) -> list[Edit]:
@@ -49,7 +53,7 @@ def apply_edits(
     out = emb.clone()
     if out.keys is None and any(e.reach == "values" for e in edits):
         out.keys = {k: v.clone() for k, v in out.states.items()}
-    for delta, pattern, alpha, reach in edits:
+    for delta, pattern, alpha, reach, _ in edits:
         delta.check(cond)
         targets = [out.states] if reach == "values" or out.keys is None else [out.states, out.keys]
         for b, toks in enumerate(out.tokens):

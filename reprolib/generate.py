@@ -19,7 +19,7 @@ from . import checks
 from .blend import THRESHOLD, LocalBlend, subject_anchor
 from .checks import NonFiniteError
 from .conditioning import Embeddings, TextConditioning
-from .edits import Edit, apply_edits
+from .edits import Edit, apply_edits, as_edits
 from .layout import LayoutConfig, LayoutGuidance
 from .protocols import StartingPoint, StepHook
 from .tokens import token_span
@@ -47,13 +47,30 @@ def fade_steps(fade_in: float | None, steps: int, inverted: bool) -> int:
     return round(checks.number(fade_in, "fade_in (a fraction of the steps)", optional=False, low=0, high=1) * steps)
 
 
-def prompt_at(i: int, plain: Embeddings, edited: Embeddings, first_edited: int, fade: int) -> Embeddings:
-    """The text states of step ``i``: unedited before ``first_edited``, then α rising over ``fade`` steps."""
-    if i < first_edited:
-        return plain
-    if i >= first_edited + fade or edited is plain:  # no edits: nothing to fade
-        return edited
-    return plain.towards(edited, (i - first_edited + 1) / (fade + 1))
+def edit_stages(
+    cond: TextConditioning, plain: Embeddings, edits: list[Edit], steps: int, delay: float, default_reach: str
+) -> list[tuple[int, Embeddings]]:
+    """(first step, text states) for each step at which edits begin (``Edit.delay``, else ``delay``), in order;
+    each stage's states hold every edit begun by then."""
+
+    def first(e: Edit) -> int:
+        return first_edited_step(steps, delay if e.delay is None else e.delay)
+
+    starts = sorted({first(e) for e in edits})
+    return [(f, apply_edits(cond, plain, [e for e in edits if first(e) <= f], default_reach)) for f in starts]
+
+
+def prompt_at(i: int, plain: Embeddings, stages: list[tuple[int, Embeddings]], fade: int) -> Embeddings:
+    """The text states of step ``i``: unedited before the first stage, then each stage's edits rising over
+    ``fade`` steps from the states before it."""
+    before, now, start = plain, plain, 0
+    for first, edited in stages:
+        if i < first:
+            break
+        before, now, start = now, edited, first
+    if now is plain or i >= start + fade:
+        return now
+    return before.towards(now, (i - start + 1) / (fade + 1))
 
 
 @dataclass(frozen=True)
@@ -273,7 +290,8 @@ def generate(
 ):
     r"""Sample images, optionally with attribute edits (``(delta, pattern, alpha)``) and layout boxes.
 
-    ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.).
+    ``delay``: fraction of the first steps that use the unedited prompt (0.2 as in Baumann et al.); an
+    edit's own ``Edit.delay`` overrides it for that edit.
     ``fade_in``: fraction of the steps after it over which α rises linearly to its value (default:
     ``FADE_IN`` for edits of an inversion, 0, the paper's switch, otherwise). An edit whose ``reach`` is None
     reaches the values alone on an inversion (``INVERSION_REACH``), keys and values (the paper) otherwise.
@@ -324,12 +342,14 @@ def generate(
     height, width = dh if height is None else height, dw if width is None else width
 
     plain = cond.encode(prompts)
-    edited = apply_edits(cond, plain, edits, default_reach=INVERSION_REACH if inversion is not None else "keys+values")
+    edits = as_edits(edits)
+    reach = INVERSION_REACH if inversion is not None else "keys+values"
+    stages = edit_stages(cond, plain, edits, steps, delay, reach)
     uncond = cond.encode_negative(negative_prompt, len(prompts))
     hooks = _hooks(hooks, cond, plain, boxes, layout, height, width)
     sched, x, start = _start(pipe, cond, seeds, steps, height, width, latents, resume, inversion)
     stop = steps if until is None else until
-    first_edited = first_edited_step(steps, delay)
+    first_edited = stages[0][0] if stages else first_edited_step(steps, delay)
     fade = fade_steps(fade_in, steps, inversion is not None)
     blend = _local_blend(local_blend, cond, plain, edits, inversion, first_edited, height, width)
     if blend is not None:
@@ -345,7 +365,7 @@ def generate(
                 continue
             if i >= stop:
                 return Partial(step=i, steps=steps, latents=x.clone(), scheduler=copy.deepcopy(sched))
-            c = prompt_at(i, plain, edited, first_edited, fade)
+            c = prompt_at(i, plain, stages, fade)
             for h in hooks:
                 x = h.before_step(i, t, x, c)
             with no_grad():

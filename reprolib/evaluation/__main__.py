@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
         "(Edit.reach): keys+values (the paper) or values (keys from the unedited tokens)",
     )
     p.add_argument(
+        "--colour-delay",
+        type=float,
+        default=None,
+        metavar="D",
+        help="with --specificity: the colour edit's own delay (Edit.delay; default: the library's, as the size "
+        "edit's); 0 starts it at the first step",
+    )
+    p.add_argument(
         "--order-bias",
         type=int,
         default=0,
@@ -105,6 +113,9 @@ def main(argv=None) -> int:
         p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
     if a.reach != ["keys+values", "keys+values"] and not a.specificity:
         p.error("--reach is measured by --specificity: give --specificity SEEDS too")
+    if a.colour_delay is not None and not a.specificity:
+        p.error("--colour-delay is measured by --specificity: give --specificity SEEDS too")
+    checks.number(a.colour_delay, "--colour-delay", low=0.0, high=1.0)
     if a.order_mix and not a.order_bias:
         p.error("--order-mix picks the captions of --order-bias: give --order-bias CAPTIONS too")
     size = Delta.load(a.size_delta) if a.size_delta else None  # a missing or unreadable file fails before loading
@@ -142,6 +153,7 @@ def main(argv=None) -> int:
             bystander_colours=tuple(a.bystander_colours),
             colours=("red", a.leak_bystander),
             reach=tuple(a.reach),
+            colour_delay=a.colour_delay,
         )
         print(spec)
         out["specificity"] = spec.numbers()

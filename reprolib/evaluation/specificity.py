@@ -29,6 +29,11 @@ def subject_pattern(colour: str, shape: str) -> re.Pattern:
 
 
 COLOUR_TARGET = "blue"  # what the shapes colour delta (configs/shapes/colour.yaml) turns its subject into
+PAPER_REACH = ("keys+values", "keys+values")  # the size and the colour edits' reach as Baumann et al. apply them
+# How the shapes world composes the two edits (session 27; benchmarks/shapes_bars.py): size on the values
+# alone, so the grown subject keeps its own pixels instead of taking the bystander's; colour on keys and
+# values from the first step, since this world settles colour within the paper's delay
+COMPOSED_REACH, COMPOSED_COLOUR_DELAY = ("values", "keys+values"), 0.0
 
 
 @dataclass
@@ -37,7 +42,8 @@ class Specificity:
 
     alpha: float
     seeds: list[int]
-    reach: tuple[str, str] = ("keys+values", "keys+values")  # the size and the colour edits' (Edit.reach)
+    reach: tuple[str, str] = PAPER_REACH  # the size and the colour edits' (Edit.reach)
+    colour_delay: float | None = None  # the colour edit's own delay (Edit.delay; None: generate's)
     leak: dict[tuple[str, str], float] = field(default_factory=dict)
     growth: dict[tuple[str, str], float] = field(default_factory=dict)  # the subject's mean area change (px)
     kept_by_colour: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)
@@ -51,7 +57,7 @@ class Specificity:
 
         Presence is averaged weighted by seeds; leak and growth are recomputed from the joined areas.
         """
-        out = cls(parts[0].alpha, [s for p in parts for s in p.seeds], parts[0].reach)
+        out = cls(parts[0].alpha, [s for p in parts for s in p.seeds], parts[0].reach, parts[0].colour_delay)
         for key in parts[0].sweeps:
             sw = [p.sweeps[key] for p in parts]
             joined = Sweep(
@@ -95,6 +101,7 @@ class Specificity:
             "alpha": self.alpha,
             "seeds": len(self.seeds),
             "reach": {"size": self.reach[0], "colour": self.reach[1]},
+            "colour_delay": self.colour_delay,
             "worst_leak": self.worst_leak(),
             "worst_kept": self.worst_kept(),
             "worst_edited": self.worst_edited(),
@@ -111,7 +118,9 @@ class Specificity:
         }
 
     def format(self) -> str:
-        reach = "" if self.reach == ("keys+values",) * 2 else f" (reach: size {self.reach[0]}, colour {self.reach[1]})"
+        reach = "" if self.reach == PAPER_REACH else f" (reach: size {self.reach[0]}, colour {self.reach[1]})"
+        if self.colour_delay is not None:
+            reach += f" (colour edit from {self.colour_delay:g} of the steps)"
         lines = [
             f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
             "area change ÷ subject's" + reach,
@@ -140,7 +149,8 @@ def specificity(
     colours: tuple[str, str] = ("red", "blue"),
     composition: tuple[float, float] = (2.0, 1.0),
     bystander_colours: tuple[str, ...] = ("green",),
-    reach: tuple[str, str] = ("keys+values", "keys+values"),
+    reach: tuple[str, str] = PAPER_REACH,
+    colour_delay: float | None = None,
     **generate_kwargs,
 ) -> Specificity:
     """Measure leak for every (subject, bystander) shape pair; with ``colour``, also the stacked-edit presence.
@@ -150,7 +160,9 @@ def specificity(
     delta's target), which could not be told from the recoloured subject. Green, the default, is the colour
     nearest blue: a long edited token takes the place of the bystander nearest its own colour (session 23);
     ``("green", "yellow")`` measures both colours the stacked edit does not involve. ``reach``: the size and
-    the colour edits' ``Edit.reach`` (what cross-attention reads the edited tokens for).
+    the colour edits' ``Edit.reach`` (what cross-attention reads the edited tokens for). ``colour_delay``: the
+    colour edit's own ``Edit.delay`` (None: generate's); ``COMPOSED_REACH`` and ``COMPOSED_COLOUR_DELAY`` are
+    how the shapes world composes the two.
     """
     others = [c for c in world.PALETTE if c not in (colours[0], COLOUR_TARGET)]
     bystander_colours = checks.among(bystander_colours, "bystander_colours", others)
@@ -158,7 +170,8 @@ def specificity(
     reach = tuple(checks.among(reach, "reach", checks.REACHES))
     if len(reach) != 2:
         raise checks.InputError(f"reach is the size and the colour edits' reach, two of {checks.REACHES}; got {reach}")
-    out = Specificity(alpha, seeds, reach)
+    checks.number(colour_delay, "colour_delay (a fraction of the steps; None: generate's delay)", low=0.0, high=1.0)
+    out = Specificity(alpha, seeds, reach, colour_delay)
     a, b = colours
     for subject in world.SHAPES:
         for bystander in world.SHAPES:
@@ -184,7 +197,7 @@ def specificity(
                 s_alpha, c_alpha = composition
                 edits = [
                     Edit(size, subject_pattern(a, subject), s_alpha, reach[0]),
-                    Edit(colour, subject_pattern(a, subject), c_alpha, reach[1]),
+                    Edit(colour, subject_pattern(a, subject), c_alpha, reach[1], colour_delay),
                 ]
                 for c in bystander_colours:
                     found = presences(
