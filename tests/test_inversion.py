@@ -143,9 +143,10 @@ def test_shapes_world_scene_inverted_reconstructed_and_edited(shapes_pipe):
 
 def test_the_edit_fades_in_over_the_steps_after_the_delay():
     plain, edited = Embeddings({"clip": torch.zeros(1, 3, 2)}), Embeddings({"clip": torch.ones(1, 3, 2)})
-    weights = [float(prompt_at(i, plain, edited, first_edited=2, fade=3).states["clip"].mean()) for i in range(7)]
+    stages = [(2, edited)]  # the edits begin at step 2
+    weights = [float(prompt_at(i, plain, stages, fade=3).states["clip"].mean()) for i in range(7)]
     assert weights == pytest.approx([0, 0, 0.25, 0.5, 0.75, 1, 1])
-    assert [prompt_at(i, plain, edited, 2, 0) is edited for i in range(4)] == [False, False, True, True]  # the switch
+    assert [prompt_at(i, plain, stages, 0) is edited for i in range(4)] == [False, False, True, True]  # the switch
 
 
 def test_fading_the_edit_in_shrinks_a_subject_that_the_switch_breaks(shapes_pipe):
