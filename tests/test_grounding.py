@@ -95,6 +95,10 @@ def test_grounded_layers_leave_the_skipped_blocks_free():
     with grounding.cross_attention_probs(unet, grounding.GROUNDED_LAYERS["16x16"]) as maps:
         unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 6, 64))
     assert {int(m.shape[2] ** 0.5) for m in maps.values()} == {16} and len(maps) == 3  # down 0, up 2 (two)
+    with grounding.cross_attention_probs(unet, grounding.GROUNDED_LAYERS["16x16+last-8x8"]) as maps:
+        unet(torch.randn(1, 4, 16, 16), torch.tensor([500]), encoder_hidden_states=torch.randn(1, 6, 64))
+    eight = [n for n, m in maps.items() if m.shape[2] == 64]
+    assert len(maps) == 4 and [n.split(".transformer")[0] for n in eight] == ["up_blocks.1.attentions.1"]
 
 
 def test_grounding_through_moves_only_the_named_side():

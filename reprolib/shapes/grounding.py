@@ -289,11 +289,13 @@ def stretch_nouns(states: torch.Tensor, nouns: torch.Tensor, p: float, high: flo
 
 # which cross-attention layers the grounding loss holds (by the name prefixes it skips): every one; those at
 # 16×16 and 8×8 (the ones #13's localisation bar names), leaving the 4×4 mid block free to plan the whole
-# picture; or the 16×16 ones alone (plain training already localises at 8×8), leaving the planning layers free
+# picture; or the 16×16 ones alone (plain training already localises at 8×8), leaving the planning layers free;
+# or those and the last 8×8 up layer, the one guided layer the 16×16 grounding leaves loose (session 27)
 GROUNDED_LAYERS = {
     "all": (),
     "outer": ("mid_block",),
     "16x16": ("mid_block", "down_blocks.1", "up_blocks.1"),
+    "16x16+last-8x8": ("mid_block", "down_blocks.1", "up_blocks.1.attentions.0"),
 }
 
 

@@ -96,8 +96,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         "--grounding-layers",
         choices=list(grounding.GROUNDED_LAYERS),
         default="all",
-        help="with --grounding: the layers it holds: all, outer (16x16 and 8x8; the 4x4 mid block left free) or "
-        "16x16 (those alone)",
+        help="with --grounding: the layers it holds: all, outer (16x16 and 8x8; the 4x4 mid block left free), "
+        "16x16 (those alone) or 16x16+last-8x8 (and the last 8x8 up layer)",
     )
     p.add_argument(
         "--grounding-max-t",
