@@ -19,7 +19,7 @@ from . import checks
 from .blend import THRESHOLD, LocalBlend, subject_anchor
 from .checks import NonFiniteError
 from .conditioning import Embeddings, TextConditioning
-from .edits import Edit, apply_edits, as_edits
+from .edits import Edit, apply_edits
 from .layout import LayoutConfig, LayoutGuidance
 from .protocols import StartingPoint, StepHook
 from .tokens import token_span
@@ -342,7 +342,7 @@ def generate(
     height, width = dh if height is None else height, dw if width is None else width
 
     plain = cond.encode(prompts)
-    edits = as_edits(edits)
+    edits = [Edit(*e) for e in edits]  # checked above
     reach = INVERSION_REACH if inversion is not None else "keys+values"
     stages = edit_stages(cond, plain, edits, steps, delay, reach)
     uncond = cond.encode_negative(negative_prompt, len(prompts))
