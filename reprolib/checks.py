@@ -164,14 +164,21 @@ def size(pipe, height, width) -> None:
             )
 
 
-def delay_fraction(value, steps: int, edited: bool) -> float:
-    """``delay`` in [0, 1]; with edits and no edited step left, a warning (the result is the unedited image:
-    a valid, if pointless, request that a check of "delay=1 changes nothing" makes on purpose)."""
-    v = number(value, "delay", optional=False, low=0.0, high=1.0)
+def delay_fraction(
+    value,
+    steps: int,
+    edited: bool,
+    name: str = "delay",
+    unused: str = "the edits: they are never applied and the image is the unedited one",
+    instead: str = " (the default is 0.2)",
+) -> float:
+    """``delay`` (or an edit's own, ``name``) in [0, 1]; with edits and no edited step left, a warning that says
+    what goes ``unused`` (the result is valid, if pointless: a check of "delay=1 changes nothing" asks for it)."""
+    v = number(value, name, optional=False, low=0.0, high=1.0)
     if edited and round(v * steps) >= steps:
         warnings.warn(
-            f"delay={v} with steps={steps} leaves no step that uses the edits: they are never applied and the "
-            f"image is the unedited one; use a delay below {(steps - 0.5) / steps:.3g} (the default is 0.2)",
+            f"{name}={v} with steps={steps} leaves no step that uses {unused}; use a delay below "
+            f"{(steps - 0.5) / steps:.3g}{instead}",
             RuntimeWarning,
             stacklevel=4,
         )
@@ -244,12 +251,9 @@ def sampling(
     own = [e[4] if len(e) == 5 else None for e in checked]  # an edit's own delay (Edit.delay), else None
     delay_fraction(delay, n, any(d is None for d in own))
     for i, d in enumerate(own):
-        if d is not None and round(d * n) >= n:
-            warnings.warn(
-                f"edits[{i}] delay={d} with steps={n} leaves no step that uses this edit: it is never applied; "
-                f"use a delay below {(n - 0.5) / n:.3g}, or None for generate's delay",
-                RuntimeWarning,
-                stacklevel=3,
+        if d is not None:
+            delay_fraction(
+                d, n, True, f"edits[{i}] delay", "this edit: it is never applied", ", or None for generate's delay"
             )
     size(pipe, height, width)
     prompt_length(pipe.tokenizer, texts + ([negative_prompt] if negative_prompt else []))
