@@ -40,7 +40,7 @@ from reprolib.delta import Delta
 from reprolib.evaluation import faithfulness as faith
 from reprolib.evaluation.layout import DEFAULT_CASES, layout_probe, methods
 from reprolib.evaluation.localisation import localisation
-from reprolib.evaluation.specificity import COMPOSED_COLOUR_DELAY, COMPOSED_REACH, specificity
+from reprolib.evaluation.specificity import COMPOSED_COLOUR_DELAY, COMPOSED_REACH, edit_arguments, specificity
 from reprolib.layout import LayoutConfig
 from reprolib.pipelines import load_pipeline
 from reprolib.reproduce.deltas import join, seed_sweeps, sweep_numbers
@@ -162,22 +162,7 @@ def main(argv=None) -> dict:
     p.add_argument("--layout-seeds", type=int, default=8)
     p.add_argument("--threshold", type=float, default=LayoutConfig.loss_threshold, help="layout's energy threshold")
     p.add_argument("--delta-seeds", type=int, default=8, help="seeds per α sweep of the size deltas")
-    p.add_argument(
-        "--reach",
-        nargs=2,
-        default=list(COMPOSED_REACH),
-        choices=list(checks.REACHES),
-        metavar=("SIZE", "COLOUR"),
-        help="the size and the colour edits' Edit.reach in the leak and composition rows (default: how the shapes "
-        "world composes them, size on the values; keys+values keys+values is the paper's)",
-    )
-    p.add_argument(
-        "--colour-delay",
-        type=float,
-        default=COMPOSED_COLOUR_DELAY,
-        help="the colour edit's own delay in the composition rows (default 0: from the first step; 0.2 is the "
-        "paper's, as the size edit's)",
-    )
+    edit_arguments(p, reach=COMPOSED_REACH, colour_delay=COMPOSED_COLOUR_DELAY, scope="the leak and composition rows")
     p.add_argument("--learned", type=Path, default=None, help="a learned size delta to hold to the same bars")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None, help="also write every number here")

@@ -8,8 +8,11 @@ import torch
 
 from reprolib.checks import InputError
 from reprolib.conditioning import TextConditioning
+from reprolib.contrastive import contrastive_delta
 from reprolib.delta import Delta
 from reprolib.edits import Edit, apply_edits
+from reprolib.evaluation.__main__ import main as evaluation_cli
+from reprolib.evaluation.specificity import COMPOSED_COLOUR_DELAY, COMPOSED_REACH, specificity
 from reprolib.generate import edit_stages, generate, prompt_at
 
 
@@ -39,8 +42,6 @@ def test_stages_begin_where_each_edit_does(sd15):
 def test_an_edit_at_generates_delay_is_the_same_edit(shapes_pipe):
     """``Edit.delay`` equal to generate's delay (or None) gives the same picture, bit for bit; an earlier one
     a different picture; an edit begun at step 0 acts even where generate's delay leaves no edited step."""
-    from reprolib.contrastive import contrastive_delta
-
     size = contrastive_delta(shapes_pipe, "shapes/size")
     kw = dict(seed=3, steps=6, output_type="np")
     prompt = "a red circle and a green square"
@@ -72,9 +73,6 @@ def test_a_bad_edit_delay_is_named(sd15, bad):
 
 def test_specificity_composes_with_the_colour_edits_own_delay(shapes_pipe):
     """The composition rows take the colour edit's own delay and say so; a bad one is named before any image."""
-    from reprolib.contrastive import contrastive_delta
-    from reprolib.evaluation.specificity import COMPOSED_COLOUR_DELAY, COMPOSED_REACH, specificity
-
     size, colour = contrastive_delta(shapes_pipe, "shapes/size"), contrastive_delta(shapes_pipe, "shapes/colour")
     kw = dict(seeds=[0], steps=4)
     spec = specificity(shapes_pipe, size, colour, reach=COMPOSED_REACH, colour_delay=COMPOSED_COLOUR_DELAY, **kw)
@@ -89,7 +87,5 @@ def test_specificity_composes_with_the_colour_edits_own_delay(shapes_pipe):
 
 
 def test_the_evaluation_cli_names_a_colour_delay_without_specificity():
-    from reprolib.evaluation.__main__ import main as evaluation_cli
-
     with pytest.raises(SystemExit):
         evaluation_cli(["--n", "0", "--order-bias", "10", "--colour-delay", "0"])

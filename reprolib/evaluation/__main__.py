@@ -26,7 +26,7 @@ from .card import write_card
 from .faithfulness import EVAL_SEED, faithfulness
 from .localisation import localisation
 from .order import format_order_bias, order_bias
-from .specificity import specificity
+from .specificity import PAPER_REACH, edit_arguments, specificity
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,23 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --specificity: the leak prompts' bystander colour (the subject is red; blue is the furthest "
         "from it, yellow the nearest)",
     )
-    p.add_argument(
-        "--reach",
-        nargs=2,
-        default=["keys+values", "keys+values"],
-        choices=list(checks.REACHES),
-        metavar=("SIZE", "COLOUR"),
-        help="with --specificity: what cross-attention reads the size and the colour edits' tokens for "
-        "(Edit.reach): keys+values (the paper) or values (keys from the unedited tokens)",
-    )
-    p.add_argument(
-        "--colour-delay",
-        type=float,
-        default=None,
-        metavar="D",
-        help="with --specificity: the colour edit's own delay (Edit.delay; default: the library's, as the size "
-        "edit's); 0 starts it at the first step",
-    )
+    edit_arguments(p, reach=PAPER_REACH, colour_delay=None, scope="with --specificity")
     p.add_argument(
         "--order-bias",
         type=int,
@@ -111,7 +95,7 @@ def main(argv=None) -> int:
         p.error("nothing to measure: give --n, --attention, --specificity or --order-bias a positive number")
     if a.size_delta and not a.specificity:
         p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
-    if a.reach != ["keys+values", "keys+values"] and not a.specificity:
+    if tuple(a.reach) != PAPER_REACH and not a.specificity:
         p.error("--reach is measured by --specificity: give --specificity SEEDS too")
     if a.colour_delay is not None and not a.specificity:
         p.error("--colour-delay is measured by --specificity: give --specificity SEEDS too")

@@ -36,6 +36,28 @@ PAPER_REACH = ("keys+values", "keys+values")  # the size and the colour edits' r
 COMPOSED_REACH, COMPOSED_COLOUR_DELAY = ("values", "keys+values"), 0.0
 
 
+def edit_arguments(parser, *, reach: tuple[str, str], colour_delay: float | None, scope: str) -> None:
+    """``--reach SIZE COLOUR`` and ``--colour-delay D`` on a command line: how :func:`specificity` applies its
+    size and colour edits, with these defaults; ``scope`` begins their help (where the flags act)."""
+    parser.add_argument(
+        "--reach",
+        nargs=2,
+        default=list(reach),
+        choices=list(checks.REACHES),
+        metavar=("SIZE", "COLOUR"),
+        help=f"{scope}: what cross-attention reads the size and the colour edits' tokens for (Edit.reach): "
+        f"keys+values (the paper) or values (keys from the unedited tokens); default: {' '.join(reach)}",
+    )
+    parser.add_argument(
+        "--colour-delay",
+        type=float,
+        default=colour_delay,
+        metavar="D",
+        help=f"{scope}: the colour edit's own delay (Edit.delay; 0 starts it at the first step); default: "
+        + ("the library's, as the size edit's" if colour_delay is None else f"{colour_delay:g}"),
+    )
+
+
 @dataclass
 class Specificity:
     """Leak per (subject, bystander) shape pair, and the bystander's presence under stacked edits."""
