@@ -425,3 +425,29 @@ def test_init_from_a_folder_without_a_unet_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--init-from" in err and "no unet.pt there" in err
     assert not (tmp_path / "new").exists()  # refused before anything was written
+
+
+def test_mix_v7_places_objects_against_each_other():
+    """v7 is v2 with a third of multi-object scenes touching: bounding boxes within ``TOUCH_GAP``, every object
+    inside the image, and the ruler still telling the two colours apart where they meet."""
+
+    def gap(a: world.Obj, b: world.Obj) -> float:
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.bbox, b.bbox
+        return max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1)
+
+    v7 = world.scenes(1500, seed=7, **world.MIXES["v7"])
+    multi = [s for s in v7 if len(s.objects) > 1]
+    closest = np.array([min(gap(a, b) for i, a in enumerate(s.objects) for b in s.objects[i + 1 :]) for s in multi])
+    assert closest.min() >= world.TOUCH_GAP[0] - 1e-6  # a sliver covered at most
+    touching = closest <= world.TOUCH_GAP[1] + 1e-6
+    assert 0.28 < touching.mean() < 0.42  # 35% asked for; a few fall back to a free place
+    assert (closest[~touching] >= 2).all()  # the others keep v2's 2 px margin
+    for s in v7:
+        for o in s.objects:
+            assert o.size + 1 <= min(o.cx, o.cy) and max(o.cx, o.cy) <= world.RES - o.size - 1
+    met = [s for s, t in zip(multi, touching, strict=True) if t][:100]
+    found = [measure.measure(world.render(s)) for s in met]
+    told = [all(measure.find(f, colour=o.colour) is not None for o in s.objects) for s, f in zip(met, found)]
+    assert np.mean(told) >= 0.95
+    v2 = world.scenes(300, seed=7, **world.MIXES["v2"])
+    assert world.scenes(300, seed=7, **{**world.MIXES["v2"], "p_touch": 0.0}) == v2  # v2's stream untouched

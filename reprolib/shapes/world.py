@@ -42,6 +42,10 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # object's noun minus a first one's, within each size word, is −0.13 to −0.35 on shipped v1:
 # ``python -m reprolib.evaluation --n 0 --order-bias 3000``). Trained on, they weaken that relation and keep
 # the bystander no better (session 24, checkpoints/shapes_v3/README.md)
+# v7 is v2 with a third of multi-object scenes placing each object against one placed before it (``touch``):
+# in v1-v6 objects never come within 2 px, so a size delta that grows its subject into a bystander asks for a
+# picture the model never saw, and it draws the two as one blob of one colour (session 27: one seed in six beside
+# a yellow bystander). Touching scenes show two objects meeting, each keeping its own colour and shape.
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
@@ -49,7 +53,9 @@ MIXES = {
     "v4": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35},
     "v5": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "shuffle_order": True},
     "v6": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35, "shuffle_order": True},
+    "v7": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_touch": 0.35},
 }
+TOUCH_GAP = (-1.0, 0.5)  # px between touching objects' bounding boxes (negative: the later one covers a sliver)
 
 
 @dataclass(frozen=True)
@@ -107,14 +113,30 @@ def overlaps(a: Obj, b: Obj, margin: float = 2.0) -> bool:
     return not (ax1 + margin < bx0 or bx1 + margin < ax0 or ay1 + margin < by0 or by1 + margin < ay0)
 
 
+def touching(rng: np.random.Generator, partner: Obj, shape: str, colour: str, size: float) -> Obj:
+    """An object beside ``partner`` (left, right, above or below), bounding boxes ``TOUCH_GAP`` apart."""
+    side = int(rng.integers(4))
+    reach = partner.size + size + float(rng.uniform(*TOUCH_GAP))
+    across = float(rng.uniform(-0.5, 0.5)) * min(partner.size, size)  # off the axis, so they still meet
+    dx, dy = [(-reach, across), (reach, across), (across, -reach), (across, reach)][side]
+    return Obj(shape, colour, size, partner.cx + dx, partner.cy + dy)
+
+
 def random_objects(
-    rng: np.random.Generator, n: int, res: int = RES, repeat_shape: bool = False, repeat_colour: bool = False
+    rng: np.random.Generator,
+    n: int,
+    res: int = RES,
+    repeat_shape: bool = False,
+    repeat_colour: bool = False,
+    touch: bool = False,
 ) -> tuple[Obj, ...]:
     """``n`` non-overlapping objects, fully inside the image, of distinct colours unless ``repeat_colour``.
 
     ``repeat_shape`` (needs ``n >= 2``): two of the objects, at random places in the list, share one
     shape (the others' shapes stay random, so a three-object scene may repeat it three times).
     ``repeat_colour`` (needs ``n >= 2``): two of the objects share one colour, the others' stay distinct.
+    ``touch``: each object after the first meets one placed before it (``touching``); falls back to a free
+    place when none fits.
     """
     colours = list(rng.choice(list(PALETTE), size=n, replace=False))
     if repeat_colour and n >= 2:
@@ -126,12 +148,20 @@ def random_objects(
         fixed = {int(i): shape for i in rng.choice(n, size=2, replace=False)}
     objs: list[Obj] = []
     for k, colour in enumerate(colours):
-        for _ in range(200):
+        for attempt in range(200):
             size = float(rng.uniform(*SIZE_RANGE))
             # later objects get a little smaller on failure so three always fit
             cx, cy = rng.uniform(size + 1, res - size - 1, size=2)
             shape = fixed[k] if k in fixed else str(rng.choice(SHAPES))
             o = Obj(shape, str(colour), size, float(cx), float(cy))
+            if touch and objs and attempt < 100:
+                o = touching(rng, objs[int(rng.integers(len(objs)))], shape, str(colour), size)
+                inside = size + 1 <= min(o.cx, o.cy) and max(o.cx, o.cy) <= res - size - 1
+                # the partner's sliver of overlap is allowed (TOUCH_GAP), a deeper one with anything is not
+                if inside and not any(overlaps(o, p, margin=TOUCH_GAP[0] - 0.01) for p in objs):
+                    objs.append(o)
+                    break
+                continue
             if not any(overlaps(o, p) for p in objs):
                 objs.append(o)
                 break
@@ -149,15 +179,18 @@ def random_scene(
     p_repeat_shape: float = 0.0,
     p_repeat_colour: float = 0.0,
     shuffle_order: bool = False,
+    p_touch: float = 0.0,
 ) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
     ``p_repeat_shape`` / ``p_repeat_colour``: chance that a multi-object scene repeats a shape / a colour.
     ``shuffle_order``: name the objects in random order, not the order they were placed in (see ``MIXES``).
+    ``p_touch``: chance that a multi-object scene places its objects against each other (``random_objects``).
     With the defaults the random stream, and so every scene, is the v1 one (and v2's stays v2's)."""
     n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=list(p_objects)))
     repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
     same_colour = n >= 2 and p_repeat_colour > 0 and rng.random() < p_repeat_colour
-    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour)
+    touch = n >= 2 and p_touch > 0 and rng.random() < p_touch
+    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch)
     if shuffle_order and n >= 2:
         objs = tuple(objs[int(i)] for i in rng.permutation(n))
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)

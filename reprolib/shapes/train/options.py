@@ -39,7 +39,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="scene distribution (world.MIXES): v1 = the shipped one; v2 = more multi-object "
         "scenes, a third of them repeating a shape in different colours; v3 = v2 with half the scenes three-object; "
         "v4 = v2 with a third of the multi-object scenes repeating a colour too; "
-        "v5 / v6 = v2 / v4 with the objects named in random order (otherwise later objects are smaller)",
+        "v5 / v6 = v2 / v4 with the objects named in random order (otherwise later objects are smaller); "
+        "v7 = v2 with a third of the multi-object scenes placing their objects against each other",
     )
     p.add_argument(
         "--mask-padding",
