@@ -40,13 +40,14 @@ from .tokens import token_span
 
 @dataclass(frozen=True)
 class Attribute:
-    """One slider: the ``delta`` added to the tokens of ``pattern``, labelled ``name``; ``reach`` as
-    ``Edit.reach`` (None: generate's choice)."""
+    """One slider: the ``delta`` added to the tokens of ``pattern``, labelled ``name``; ``reach`` and
+    ``delay`` as ``Edit.reach`` and ``Edit.delay`` (None: generate's choice)."""
 
     delta: Delta
     pattern: str
     name: str | None = None
     reach: str | None = None
+    delay: float | None = None
 
     @property
     def label(self) -> str:
@@ -120,7 +121,7 @@ def _check(pipe, prompt, seed, attributes, values, cache_size, threads, generate
     for a in attributes:
         checks.pattern(a.pattern, "attribute pattern")
     kw = {k: generate_kwargs.get(k) for k in ("steps", "guidance_scale", "negative_prompt", "height", "width")}
-    edits = [(a.delta, a.pattern, 1.0, a.reach) for a in attributes]
+    edits = [(a.delta, a.pattern, 1.0, a.reach, a.delay) for a in attributes]
     delay = generate_kwargs.get("delay", DELAY)
     checks.sampling(pipe, prompt, seed, default_steps=defaults(pipe)[0], edits=edits, delay=delay, **kw)
 
@@ -201,7 +202,7 @@ class AttributeSlider:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             self._misses += 1
-            edits = [Edit(a.delta, a.pattern, alpha, a.reach) for a, alpha in zip(self.attributes, key)]
+            edits = [Edit(a.delta, a.pattern, alpha, a.reach, a.delay) for a, alpha in zip(self.attributes, key)]
             kw = dict(self.generate_kwargs)
             if stale is not None:
                 kw["hooks"] = [*kw.get("hooks", ()), StopWhenStale(stale)]
@@ -219,11 +220,12 @@ class AttributeSlider:
             return image
 
     def prefix(self) -> Partial | None:
-        """The steps before the edits start (``delay``), run once with no edits; None when there are none."""
+        """The steps before the first edit starts (its ``delay``), run once with no edits; None when there are none."""
         if self._prefix is None and self.share_prefix:
             kw = dict(self.generate_kwargs)
             steps = defaults(self.pipe)[0] if kw.get("steps") is None else kw["steps"]
-            first_edited = first_edited_step(steps, kw.pop("delay", DELAY))
+            delay = kw.pop("delay", DELAY)
+            first_edited = min(first_edited_step(steps, delay if a.delay is None else a.delay) for a in self.attributes)
             if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
                 return None  # nothing shared, or guidance hooks that must see every step themselves
             kw["steps"] = steps

@@ -41,7 +41,7 @@ from reprolib.pipelines import ModelNotAvailable, load_pipeline, model_defaults
 from reprolib.prompts import ConfigError, load_config
 from reprolib.tiny import tiny_pipeline
 from reprolib.tokens import SpanError, token_span
-from reprolib.widgets import attribute_slider
+from reprolib.widgets import Attribute, attribute_slider
 
 PROMPT = "a red circle and a blue square"
 NAN, INF = math.nan, math.inf
@@ -176,6 +176,12 @@ CASES = [
         ["step", "allowed"],
     ),
     ("slider-steps-0", lambda c: attribute_slider(c.pipe, PROMPT, [(c.d, "circle")], steps=0), InputError, ["steps"]),
+    (
+        "slider-attribute-delay-2",
+        lambda c: attribute_slider(c.pipe, PROMPT, [Attribute(c.d, "circle", delay=2)]),
+        InputError,
+        ["delay", "2"],
+    ),
     ("slider-seed-str", lambda c: attribute_slider(c.pipe, PROMPT, [(c.d, "circle")], seed="1"), TypeError, ["seed"]),
     (
         "slider-4-tuple",

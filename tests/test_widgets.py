@@ -6,8 +6,10 @@ from PIL import Image
 
 from reprolib.contrastive import contrastive_delta
 from reprolib.delta import DeltaMismatch
+from reprolib.edits import Edit
+from reprolib.generate import generate
 from reprolib.tokens import SpanError
-from reprolib.widgets import AttributeSlider, attribute_slider
+from reprolib.widgets import Attribute, AttributeSlider, attribute_slider
 
 PROMPT = "a red circle and a blue square"
 
@@ -82,8 +84,6 @@ def test_bad_spec_fails_before_any_render(sd15, sdxl, deltas):
 
 def test_frames_share_the_unedited_first_steps(sd15, deltas):
     """With delay, the first steps run once for all frames, and every frame equals plain generate()."""
-    from reprolib.generate import generate
-
     calls = []
     handle = sd15.unet.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -149,3 +149,20 @@ def test_a_static_view_gets_the_frame_as_a_picture(sd15, deltas):
     assert png.size == (256, 256)
     small = np.asarray(png)[::4, ::4]  # enlarged 4× (nearest): every 4th pixel is the frame
     np.testing.assert_array_equal(small, np.asarray(s.render(0.0).convert(png.mode)))
+
+
+def test_each_attribute_may_start_at_its_own_step(sd15, deltas):
+    """Attribute.delay is Edit.delay: the shared first steps end where the earliest attribute starts, and every
+    frame equals generate() with the same Edits (the colour from step 2, the size at generate's 0.6)."""
+    size, colour = deltas
+    spec = [Attribute(size, "circle", "size"), Attribute(colour, "square", "colour", delay=0.4)]
+    s = attribute_slider(sd15, PROMPT, spec, seed=1, steps=5, delay=0.6)
+    assert s.prefix().step == 2
+    for alphas in ((2.0, -3.0), (-1.0, 3.0)):
+        edits = [Edit(size, "circle", alphas[0]), Edit(colour, "square", alphas[1], delay=0.4)]
+        ref = generate(sd15, PROMPT, seed=1, steps=5, delay=0.6, edits=edits)
+        np.testing.assert_array_equal(np.asarray(s.render(alphas)), np.asarray(ref))
+    late = generate(
+        sd15, PROMPT, seed=1, steps=5, delay=0.6, edits=[Edit(size, "circle", 2.0), Edit(colour, "square", -3.0)]
+    )
+    assert not np.array_equal(np.asarray(s.render((2.0, -3.0))), np.asarray(late))  # the colour's own delay acts
