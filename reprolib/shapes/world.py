@@ -45,7 +45,10 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # v7 is v2 with a third of multi-object scenes placing each object against one placed before it (``touch``):
 # in v1-v6 objects never come within 2 px, so a size delta that grows its subject into a bystander asks for a
 # picture the model never saw, and it draws the two as one blob of one colour (session 27: one seed in six beside
-# a yellow bystander). Touching scenes show two objects meeting, each keeping its own colour and shape.
+# a yellow bystander). Touching scenes show two objects meeting, each keeping its own colour and shape. Trained on
+# (session 28, checkpoints/shapes_v3/README.md) they made it worse: the model then draws two objects touching
+# twice as often (10% of unedited pairs, 5% before), and the grown subject takes the bystander's colour in more
+# of them (leak beside yellow 0.61, 0.38 before).
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
