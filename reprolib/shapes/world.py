@@ -49,6 +49,8 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # (session 28, checkpoints/shapes_v3/README.md) they made it worse: the model then draws two objects touching
 # twice as often (10% of unedited pairs, 5% before), and the grown subject takes the bystander's colour in more
 # of them (leak beside yellow 0.61, 0.38 before).
+# v8 is the opposite lever: v2 with at least 6 px between objects instead of 2, so that a grown subject meets its
+# neighbour less often.
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
@@ -57,6 +59,7 @@ MIXES = {
     "v5": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "shuffle_order": True},
     "v6": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35, "shuffle_order": True},
     "v7": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_touch": 0.35},
+    "v8": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "gap": 6.0},
 }
 TOUCH_GAP = (-1.0, 0.5)  # px between touching objects' bounding boxes (negative: the later one covers a sliver)
 
@@ -132,6 +135,7 @@ def random_objects(
     repeat_shape: bool = False,
     repeat_colour: bool = False,
     touch: bool = False,
+    gap: float = 2.0,
 ) -> tuple[Obj, ...]:
     """``n`` non-overlapping objects, fully inside the image, of distinct colours unless ``repeat_colour``.
 
@@ -139,7 +143,7 @@ def random_objects(
     shape (the others' shapes stay random, so a three-object scene may repeat it three times).
     ``repeat_colour`` (needs ``n >= 2``): two of the objects share one colour, the others' stay distinct.
     ``touch``: each object after the first meets one placed before it (``touching``); falls back to a free
-    place when none fits.
+    place when none fits. ``gap``: the least distance (px) between two objects' bounding boxes otherwise.
     """
     colours = list(rng.choice(list(PALETTE), size=n, replace=False))
     if repeat_colour and n >= 2:
@@ -165,7 +169,7 @@ def random_objects(
                     objs.append(o)
                     break
                 continue
-            if not any(overlaps(o, p) for p in objs):
+            if not any(overlaps(o, p, margin=gap) for p in objs):
                 objs.append(o)
                 break
         else:  # pragma: no cover - rare; a smaller object always fits
@@ -183,17 +187,19 @@ def random_scene(
     p_repeat_colour: float = 0.0,
     shuffle_order: bool = False,
     p_touch: float = 0.0,
+    gap: float = 2.0,
 ) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
     ``p_repeat_shape`` / ``p_repeat_colour``: chance that a multi-object scene repeats a shape / a colour.
     ``shuffle_order``: name the objects in random order, not the order they were placed in (see ``MIXES``).
-    ``p_touch``: chance that a multi-object scene places its objects against each other (``random_objects``).
+    ``p_touch``: chance that a multi-object scene places its objects against each other (``random_objects``);
+    ``gap``: the least distance between the others' bounding boxes.
     With the defaults the random stream, and so every scene, is the v1 one (and v2's stays v2's)."""
     n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=list(p_objects)))
     repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
     same_colour = n >= 2 and p_repeat_colour > 0 and rng.random() < p_repeat_colour
     touch = n >= 2 and p_touch > 0 and rng.random() < p_touch
-    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch)
+    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch, gap=gap)
     if shuffle_order and n >= 2:
         objs = tuple(objs[int(i)] for i in rng.permutation(n))
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)

@@ -40,7 +40,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         "scenes, a third of them repeating a shape in different colours; v3 = v2 with half the scenes three-object; "
         "v4 = v2 with a third of the multi-object scenes repeating a colour too; "
         "v5 / v6 = v2 / v4 with the objects named in random order (otherwise later objects are smaller); "
-        "v7 = v2 with a third of the multi-object scenes placing their objects against each other",
+        "v7 = v2 with a third of the multi-object scenes placing their objects against each other; "
+        "v8 = v2 with at least 6 px between objects (2 otherwise)",
     )
     p.add_argument(
         "--mask-padding",
