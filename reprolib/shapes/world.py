@@ -155,9 +155,9 @@ def random_objects(
         fixed = {int(i): shape for i in rng.choice(n, size=2, replace=False)}
     objs: list[Obj] = []
     for k, colour in enumerate(colours):
-        for attempt in range(200):
+        for attempt in range(1000):  # v8's wider gap needs more tries for three big objects
             size = float(rng.uniform(*SIZE_RANGE))
-            # later objects get a little smaller on failure so three always fit
+            # a retry draws a new size too, and a smaller one fits more often: later objects come out smaller
             cx, cy = rng.uniform(size + 1, res - size - 1, size=2)
             shape = fixed[k] if k in fixed else str(rng.choice(SHAPES))
             o = Obj(shape, str(colour), size, float(cx), float(cy))
