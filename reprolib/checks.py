@@ -214,7 +214,7 @@ def edit_list(value) -> list[tuple]:
             raise InputTypeError(f"edits[{i}][0] must be a reprolib Delta, got {type(d).__name__}")
         pattern(p, f"edits[{i}] pattern")
         alpha(a, f"edits[{i}] alpha")
-        if len(e) == 4 and e[3] is not None and e[3] not in REACHES:
+        if len(e) >= 4 and e[3] is not None and e[3] not in REACHES:
             raise InputError(
                 f"edits[{i}] reach must be one of {', '.join(map(repr, REACHES))} (what cross-attention reads the "
                 f"edited tokens for), got {_show(e[3])}"

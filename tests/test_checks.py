@@ -107,6 +107,8 @@ CASES = [
     ("edit-alpha-inf", lambda c: gen(c, edits=[(c.d, "circle", -INF)]), InputError, ["edits[0] alpha"]),
     ("edit-alpha-str", lambda c: gen(c, edits=[(c.d, "circle", "1.5")]), TypeError, ["edits[0] alpha"]),
     ("edit-not-a-delta", lambda c: gen(c, edits=[("size", "circle", 1.0)]), TypeError, ["edits[0][0]", "Delta"]),
+    # a five-tuple (with its own delay) has its reach checked as a four-tuple's is
+    ("edit-5-tuple-reach", lambda c: gen(c, edits=[(c.d, "circle", 1.0, "all", 0.1)]), InputError, ["reach", "'all'"]),
     ("edit-empty-pattern", lambda c: gen(c, edits=[(c.d, " ", 1.0)]), InputError, ["edits[0] pattern", "empty"]),
     ("edit-pattern-int", lambda c: gen(c, edits=[(c.d, 5, 1.0)]), TypeError, ["edits[0] pattern"]),
     ("edit-unwrapped", lambda c: gen(c, edits=(c.d, "circle", 1.0)), TypeError, ["edits", "list"]),
