@@ -35,9 +35,10 @@ INVERSION_REACH = "values"
 SD_DEFAULTS = {"steps": 50, "guidance_scale": 7.5}  # Stable Diffusion's pipelines
 
 
-def first_edited_step(steps: int, delay: float) -> int:
-    """Index of the first step that uses the edited prompt; the steps before it are the same for every α."""
-    return round(delay * steps)
+def first_edited_step(steps: int, delay: float, own: float | None = None) -> int:
+    """Index of the first step that uses the edited prompt; the steps before it are the same for every α.
+    ``own``: an edit's own delay (``Edit.delay``), which overrides ``delay`` unless None."""
+    return round((delay if own is None else own) * steps)
 
 
 def fade_steps(fade_in: float | None, steps: int, inverted: bool) -> int:
@@ -52,12 +53,11 @@ def edit_stages(
 ) -> list[tuple[int, Embeddings]]:
     """(first step, text states) for each step at which edits begin (``Edit.delay``, else ``delay``), in order;
     each stage's states hold every edit begun by then."""
-
-    def first(e: Edit) -> int:
-        return first_edited_step(steps, delay if e.delay is None else e.delay)
-
-    starts = sorted({first(e) for e in edits})
-    return [(f, apply_edits(cond, plain, [e for e in edits if first(e) <= f], default_reach)) for f in starts]
+    first = [first_edited_step(steps, delay, e.delay) for e in edits]
+    return [
+        (f, apply_edits(cond, plain, [e for e, g in zip(edits, first) if g <= f], default_reach))
+        for f in sorted(set(first))
+    ]
 
 
 def prompt_at(i: int, plain: Embeddings, stages: list[tuple[int, Embeddings]], fade: int) -> Embeddings:

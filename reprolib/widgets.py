@@ -225,7 +225,7 @@ class AttributeSlider:
             kw = dict(self.generate_kwargs)
             steps = defaults(self.pipe)[0] if kw.get("steps") is None else kw["steps"]
             delay = kw.pop("delay", DELAY)
-            first_edited = min(first_edited_step(steps, delay if a.delay is None else a.delay) for a in self.attributes)
+            first_edited = min(first_edited_step(steps, delay, a.delay) for a in self.attributes)
             if first_edited == 0 or kw.get("latents") is not None or kw.get("hooks") or kw.get("boxes"):
                 return None  # nothing shared, or guidance hooks that must see every step themselves
             kw["steps"] = steps

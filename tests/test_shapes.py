@@ -427,28 +427,22 @@ def test_init_from_a_folder_without_a_unet_is_named(tmp_path, capsys):
     assert not (tmp_path / "new").exists()  # refused before anything was written
 
 
-def gap(a: world.Obj, b: world.Obj) -> float:
-    """The distance between two objects' bounding boxes along the axis that separates them (< 0: overlap)."""
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.bbox, b.bbox
-    return max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1)
+def closest_gap(scene: world.Scene) -> float:
+    """The least distance between two of the scene's objects' bounding boxes (< 0: they overlap)."""
+
+    def gap(a: world.Obj, b: world.Obj) -> float:  # along the axis that separates them
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.bbox, b.bbox
+        return max(bx0 - ax1, ax0 - bx1, by0 - ay1, ay0 - by1)
+
+    return min(gap(a, b) for i, a in enumerate(scene.objects) for b in scene.objects[i + 1 :])
 
 
 def test_mix_v8_keeps_objects_apart():
     """v8 is v2 with at least 6 px between objects (v2: 2 px), the same share of object counts."""
     v8 = world.scenes(1500, seed=7, **world.MIXES["v8"])
-    closest = [
-        min(gap(a, b) for i, a in enumerate(s.objects) for b in s.objects[i + 1 :]) for s in v8 if len(s.objects) > 1
-    ]
-    assert min(closest) > 6
+    assert min(closest_gap(s) for s in v8 if len(s.objects) > 1) > 6
     v2 = world.scenes(1500, seed=7, **world.MIXES["v2"])
-    assert (
-        min(
-            min(gap(a, b) for i, a in enumerate(s.objects) for b in s.objects[i + 1 :])
-            for s in v2
-            if len(s.objects) > 1
-        )
-        < 3
-    )
+    assert min(closest_gap(s) for s in v2 if len(s.objects) > 1) < 3
     counts = np.bincount([len(s.objects) for s in v8], minlength=4)[1:] / len(v8)
     np.testing.assert_allclose(counts, world.MIXES["v8"]["p_objects"], atol=0.04)
 
@@ -458,7 +452,7 @@ def test_mix_v7_places_objects_against_each_other():
     inside the image, and the ruler still telling the two colours apart where they meet."""
     v7 = world.scenes(1500, seed=7, **world.MIXES["v7"])
     multi = [s for s in v7 if len(s.objects) > 1]
-    closest = np.array([min(gap(a, b) for i, a in enumerate(s.objects) for b in s.objects[i + 1 :]) for s in multi])
+    closest = np.array([closest_gap(s) for s in multi])
     assert closest.min() >= world.TOUCH_GAP[0] - 1e-6  # a sliver covered at most
     touching = closest <= world.TOUCH_GAP[1] + 1e-6
     assert 0.28 < touching.mean() < 0.42  # 35% asked for; a few fall back to a free place
