@@ -447,6 +447,25 @@ def test_mix_v8_keeps_objects_apart():
     np.testing.assert_allclose(counts, world.MIXES["v8"]["p_objects"], atol=0.04)
 
 
+def test_mix_v9_keeps_pairs_further_apart():
+    """v9 is v8 with 12 px between the objects of a two-object scene; three-object scenes keep v8's 6 px."""
+    v9 = world.scenes(1500, seed=7, **world.MIXES["v9"])
+    pairs = [closest_gap(s) for s in v9 if len(s.objects) == 2]
+    triples = [closest_gap(s) for s in v9 if len(s.objects) == 3]
+    assert min(pairs) > 12 and min(triples) > 6
+    assert min(triples) < 12  # a gap of 12 for three objects is not asked for (it often has no room)
+    counts = np.bincount([len(s.objects) for s in v9], minlength=4)[1:] / len(v9)
+    np.testing.assert_allclose(counts, world.MIXES["v9"]["p_objects"], atol=0.04)
+
+
+def test_crowded_scene_is_placed_again_not_refused():
+    """A placement that finds no room starts the scene again; an impossible one names the gap."""
+    objs = world.random_objects(np.random.default_rng(4), 2, gap=24.0)  # seed 4: no room on the first 3 tries
+    assert closest_gap(world.Scene(objs, "")) > 24
+    with pytest.raises(RuntimeError, match="70 px apart"):
+        world.random_objects(np.random.default_rng(0), 2, gap=70.0)
+
+
 def test_mix_v7_places_objects_against_each_other():
     """v7 is v2 with a third of multi-object scenes touching: bounding boxes within ``TOUCH_GAP``, every object
     inside the image, and the ruler still telling the two colours apart where they meet."""

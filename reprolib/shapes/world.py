@@ -51,6 +51,8 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # of them (leak beside yellow 0.61, 0.38 before).
 # v8 is the opposite lever: v2 with at least 6 px between objects instead of 2, so that a grown subject meets its
 # neighbour less often.
+# v9 is v8 with 12 px between the two objects of a two-object scene (three big objects cannot keep more than 6):
+# the leak prompts are two-object prompts, and v8 lowered their leak beside yellow (session 28).
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
@@ -60,6 +62,7 @@ MIXES = {
     "v6": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_repeat_colour": 0.35, "shuffle_order": True},
     "v7": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_touch": 0.35},
     "v8": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "gap": 6.0},
+    "v9": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "gap": 6.0, "pair_gap": 12.0},
 }
 TOUCH_GAP = (-1.0, 0.5)  # px between touching objects' bounding boxes (negative: the later one covers a sliver)
 
@@ -144,6 +147,7 @@ def random_objects(
     ``repeat_colour`` (needs ``n >= 2``): two of the objects share one colour, the others' stay distinct.
     ``touch``: each object after the first meets one placed before it (``touching``); falls back to a free
     place when none fits. ``gap``: the least distance (px) between two objects' bounding boxes otherwise.
+    When a placement finds no room, the whole scene is placed again (the streams of scenes that fit are kept).
     """
     colours = list(rng.choice(list(PALETTE), size=n, replace=False))
     if repeat_colour and n >= 2:
@@ -153,6 +157,17 @@ def random_objects(
     if repeat_shape and n >= 2:
         shape = str(rng.choice(SHAPES))
         fixed = {int(i): shape for i in rng.choice(n, size=2, replace=False)}
+    for _ in range(20):  # a first object placed big in the middle can leave no room: place them all again
+        objs = _place(rng, colours, fixed, res, touch, gap)
+        if objs is not None:
+            return objs
+    raise RuntimeError(f"could not place {n} objects {gap:g} px apart in a {res} px image")
+
+
+def _place(
+    rng: np.random.Generator, colours: list, fixed: dict[int, str], res: int, touch: bool, gap: float
+) -> tuple[Obj, ...] | None:
+    """One try of ``random_objects``' placement: None when an object finds no place in 1,000 tries."""
     objs: list[Obj] = []
     for k, colour in enumerate(colours):
         for attempt in range(1000):  # v8's wider gap needs more tries for three big objects
@@ -172,8 +187,8 @@ def random_objects(
             if not any(overlaps(o, p, margin=gap) for p in objs):
                 objs.append(o)
                 break
-        else:  # pragma: no cover - rare; a smaller object always fits
-            raise RuntimeError("could not place objects")
+        else:
+            return None
     return tuple(objs)
 
 
@@ -188,18 +203,21 @@ def random_scene(
     shuffle_order: bool = False,
     p_touch: float = 0.0,
     gap: float = 2.0,
+    pair_gap: float | None = None,
 ) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
     ``p_repeat_shape`` / ``p_repeat_colour``: chance that a multi-object scene repeats a shape / a colour.
     ``shuffle_order``: name the objects in random order, not the order they were placed in (see ``MIXES``).
     ``p_touch``: chance that a multi-object scene places its objects against each other (``random_objects``);
-    ``gap``: the least distance between the others' bounding boxes.
+    ``gap``: the least distance between the others' bounding boxes; ``pair_gap``: that distance in a
+    two-object scene (default ``gap``).
     With the defaults the random stream, and so every scene, is the v1 one (and v2's stays v2's)."""
     n = n_objects if n_objects is not None else int(rng.choice([1, 2, 3], p=list(p_objects)))
     repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
     same_colour = n >= 2 and p_repeat_colour > 0 and rng.random() < p_repeat_colour
     touch = n >= 2 and p_touch > 0 and rng.random() < p_touch
-    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch, gap=gap)
+    between = pair_gap if n == 2 and pair_gap is not None else gap
+    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch, gap=between)
     if shuffle_order and n >= 2:
         objs = tuple(objs[int(i)] for i in rng.permutation(n))
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)
