@@ -181,7 +181,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
     levers += ["--grounding-layers", "outer", "--grounding-max-t", "500", "--grounding-through", "keys"]
-    levers += ["--stretch-nouns", "0.5", "--stretch-max", "2"]
+    levers += ["--stretch-nouns", "0.5", "--stretch-max", "2", "--exclusive", "0.05"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -191,7 +191,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
     assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
     assert run["grounding_max_t"] == 500 and run["grounding_through"] == "keys"
-    assert run["stretch_nouns"] == 0.5 and run["stretch_max"] == 2
+    assert run["stretch_nouns"] == 0.5 and run["stretch_max"] == 2 and run["exclusive"] == 0.05
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
@@ -230,6 +230,10 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding-max-t", "500"] + base)
     with pytest.raises(InputError, match="--grounding-through queries needs --grounding > 0"):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding-through", "queries"] + base)
+    with pytest.raises(InputError, match="--exclusive 0.05 needs --grounding > 0"):
+        train_cli(["--out", str(tmp_path / "bad"), "--exclusive", "0.05"] + base)
+    with pytest.raises(InputError, match="--exclusive must be >= 0"):
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--exclusive", "-1"] + base)
     with pytest.raises(InputError, match="--grounding-max-t is a training timestep, 1 to 1000; got 1001"):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--grounding-max-t", "1001"] + base)
 
@@ -527,3 +531,28 @@ def test_key_caps_travel_in_reprolib_json(tmp_path):
     capped = load_pipeline(tmp_path / "capped", device="cpu").unet
     attn = [m for m in capped.modules() if getattr(m, "is_cross_attention", False)]
     assert len(attn) == 7 and all(isinstance(m.norm_k, KeyCap) for m in attn)
+
+
+def test_exclusive_loss_counts_the_other_nouns_attention_on_each_objects_pixels():
+    """Two objects (top-left and bottom-right quarters), nouns at tokens 1 and 2, token 3 the summary."""
+    masks = torch.zeros(1, 2, 16, 16)
+    masks[0, 0, :8, :8], masks[0, 1, 8:, 8:] = 1, 1
+    pos = torch.tensor([[1, 2]])
+
+    def maps(leak: float) -> dict:
+        a = torch.zeros(1, 1, 8, 8, 4)
+        a[..., 3] = 1.0  # background pixels read the summary
+        a[0, 0, :4, :4, 1], a[0, 0, :4, :4, 2] = 1 - leak, leak  # object 0's pixels: own noun, some of noun 2
+        a[0, 0, 4:, 4:, 2] = 1.0  # object 1's pixels read only their own noun
+        return {"layer": a.flatten(2, 3)}
+
+    assert float(grounding.exclusive_loss(maps(0.0), pos, masks)) == pytest.approx(0.0, abs=1e-6)
+    # object 0 reads 0.3 of noun 2 on all its pixels, object 1 none of noun 1: the mean over the two pairs
+    assert float(grounding.exclusive_loss(maps(0.3), pos, masks)) == pytest.approx(0.15)
+    # a missing second object leaves no pair; a row left out (--grounding-max-t) does not count
+    assert float(grounding.exclusive_loss(maps(0.3), torch.tensor([[1, -1]]), masks)) == 0.0
+    assert float(grounding.exclusive_loss(maps(0.3), pos, masks, torch.tensor([False]))) == 0.0
+    # where the two masks overlap, attention to either noun is not held against the other
+    same = torch.zeros(1, 2, 16, 16)
+    same[0, :, :8, :8] = 1
+    assert float(grounding.exclusive_loss(maps(0.3), pos, same)) == pytest.approx(0.0, abs=1e-6)

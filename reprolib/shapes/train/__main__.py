@@ -111,6 +111,7 @@ def main(argv=None) -> None:
         grounding_layers=a.grounding_layers,
         grounding_max_t=a.grounding_max_t,
         grounding_through=a.grounding_through,
+        exclusive=a.exclusive,
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,

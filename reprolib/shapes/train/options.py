@@ -116,6 +116,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         "states), queries (to_q and the UNet's features below it) or unet (all but the text states)",
     )
     p.add_argument(
+        "--exclusive",
+        type=float,
+        default=0.0,
+        help="with --grounding: weight of the pixel side of grounding, each object's pixels held off the other "
+        "objects' nouns in the grounded layers (grounding.exclusive_loss; 0 = off)",
+    )
+    p.add_argument(
         "--attribute-dropout",
         type=float,
         default=0.0,
@@ -232,7 +239,7 @@ def check(a, init: dict | None) -> None:
         checks.integer(getattr(a, flag), f"--{flag}", minimum=1)
     for flag in ("vae_steps", "unet_steps", "warmup", "decoder_steps"):
         checks.integer(getattr(a, flag), "--" + flag.replace("_", "-"), minimum=0)
-    for flag in ("lr", "lr_final", "grounding"):
+    for flag in ("lr", "lr_final", "grounding", "exclusive"):
         if checks.number(getattr(a, flag), "--" + flag.replace("_", "-"), optional=False) < 0:  # 0: frozen
             raise checks.InputError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
     for flag in ("attribute_dropout", "token_swap", "swap_late", "swap_name_size", "stretch_nouns"):
@@ -262,6 +269,7 @@ def check(a, init: dict | None) -> None:
         (f"--grounding-through {a.grounding_through}", a.grounding_through != "both", "it picks its side"),
         ("--ground-adjectives", a.ground_adjectives, "it adds words to the grounding loss"),
         (f"--grounding-max-t {a.grounding_max_t}", a.grounding_max_t is not None, "it limits it"),
+        (f"--exclusive {a.exclusive}", bool(a.exclusive), "it is read from the grounded layers' maps"),
     ):
         if used and not a.grounding:
             raise checks.InputError(f"{given} needs --grounding > 0 ({why})")

@@ -59,6 +59,8 @@ def record(a, argv) -> dict:
         run["grounding_max_t"] = a.grounding_max_t
     if a.grounding_through != "both":
         run["grounding_through"] = a.grounding_through
+    if a.exclusive:
+        run["exclusive"] = a.exclusive
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
     if a.stretch_nouns:

@@ -186,6 +186,7 @@ def train_unet(
     grounding_layers: str = "all",
     grounding_max_t: int | None = None,
     grounding_through: str = "both",
+    exclusive: float = 0.0,
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
@@ -207,7 +208,8 @@ def train_unet(
     ``reads``: the words it reads (``grounding.READS``; ``reads_mask``), the start token always.
     ``summary``: the words the end-of-text state is made without (``grounding.SUMMARIES``; ``with_summary``).
     ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
-    only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``attribute_dropout`` /
+    only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``exclusive`` (the
+    weight of ``grounding.exclusive_loss``, in the grounded layers) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` / ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas``
     (the limit of ``change_penalty``) / ``stretch`` (share of captions, largest factor: ``stretch_nouns``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
@@ -280,6 +282,8 @@ def train_unet(
         if grounding_weight:
             held = None if grounding_max_t is None else t < grounding_max_t
             loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks, held)
+            if exclusive:
+                loss = loss + exclusive * grounding.exclusive_loss(maps, positions[idx], object_masks, held)
         if short_deltas is not None and token_swap and len(ratio):  # ratio exists only with swaps
             loss = loss + grounding.SHORT_WEIGHT * grounding.change_penalty(ratio, short_deltas)
         opt.zero_grad(set_to_none=True)
