@@ -386,9 +386,9 @@ def exclusive_loss(
 
     The pixel side of grounding: ``grounding_loss`` asks where a noun's attention goes, this asks which nouns
     an object's pixels read. A values-only edit of one noun changes each pixel by its attention to that noun,
-    so attention from a bystander's pixels to the subject's noun is what moves the bystander (session 29:
-    0.2 of it inside a leaking yellow circle on the 16×16 down and last 8×8 up layers, against 0.35–0.4 inside
-    the edited square). A pixel inside both objects' pooled masks is not held against either.
+    so attention from a bystander's pixels to the subject's noun is what moves the bystander (measured in
+    ``checkpoints/shapes_v3/README.md``, session 29). A pixel inside both objects' pooled masks is not held
+    against either.
     ``positions`` (batch, objects), ``masks`` (batch, objects, H, W), ``rows`` as ``grounding_loss``.
     """
     valid = positions >= 0 if rows is None else (positions >= 0) & rows[:, None]

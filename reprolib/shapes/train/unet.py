@@ -164,6 +164,13 @@ def _read_levers(cond, mask, idx, words: dict, g, *, dropout: float, stretch: tu
     return cond, mask
 
 
+def _grounding_terms(maps, words, nouns, masks, held, weights: tuple[float, float]) -> torch.Tensor:
+    """The grounding loss (``words`` held to their objects) and, with a second weight, its pixel side (``nouns``)."""
+    weight, exclusive = weights
+    out = weight * grounding.grounding_loss(maps, words, masks, held)
+    return out + exclusive * grounding.exclusive_loss(maps, nouns, masks, held) if exclusive else out
+
+
 def train_unet(
     out: Path,
     latents: dict,
@@ -236,7 +243,7 @@ def train_unet(
     if start >= steps:
         return unet, text, ema, history
     sched, skip = training_scheduler(), grounding.GROUNDED_LAYERS[grounding_layers]
-    ids = token_ids(captions, tokenizer)
+    ids, weights = token_ids(captions, tokenizer), (grounding_weight, exclusive)
     if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
         grounded = grounding.phrase_targets(positions, ids, tokenizer) if ground_adjectives else positions
@@ -281,9 +288,7 @@ def train_unet(
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
             held = None if grounding_max_t is None else t < grounding_max_t
-            loss = loss + grounding_weight * grounding.grounding_loss(maps, grounded[idx], object_masks, held)
-            if exclusive:
-                loss = loss + exclusive * grounding.exclusive_loss(maps, positions[idx], object_masks, held)
+            loss = loss + _grounding_terms(maps, grounded[idx], positions[idx], object_masks, held, weights)
         if short_deltas is not None and token_swap and len(ratio):  # ratio exists only with swaps
             loss = loss + grounding.SHORT_WEIGHT * grounding.change_penalty(ratio, short_deltas)
         opt.zero_grad(set_to_none=True)
