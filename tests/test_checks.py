@@ -468,7 +468,7 @@ def test_cli_argparse_refusals(capsys):
         (["--n", "0"], "nothing to measure"),
         (["--model", "tiny-sd15", "--card", "--n", "2", "--attention", "2"], "--card"),
         (["--n", "1", "--order-mix", "v5"], "--order-bias"),
-        (["--order-bias", "1", "--order-mix", "v9"], "--order-mix"),
+        (["--order-bias", "1", "--order-mix", "v99"], "--order-mix"),
     ]:
         with pytest.raises(SystemExit) as e:
             evaluation_cli(argv)

@@ -111,7 +111,7 @@ def test_order_bias_reads_word_order_against_size(shapes_pipe, capsys):
     assert gap["v1"] < -0.08 and abs(gap["v5"]) < 0.06, gap  # the second object is small more often in v1 only
     assert set(v1["cos_size_delta_later_minus_first"]) == set(SIZE_WORDS)
     assert all(-1 <= c <= 1 for c in v1["cos_size_delta_later_minus_first"].values())
-    for bad, name in [({"n": 0}, "n (captions)"), ({"mix": "v9"}, "mix")]:  # refused by name, before any work
+    for bad, name in [({"n": 0}, "n (captions)"), ({"mix": "v99"}, "mix")]:  # refused by name, before any work
         with pytest.raises(InputError, match=re.escape(name)):
             order_bias(shapes_pipe, size, **bad)
     assert evaluation_cli(["--n", "0", "--order-bias", "200", "--order-mix", "v5"]) == 0
