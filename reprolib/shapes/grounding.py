@@ -354,6 +354,17 @@ def cross_attention_probs(unet, skip: tuple[str, ...] = (), through: str = "both
             handle.remove()
 
 
+def _word_maps(maps: dict[str, torch.Tensor], positions: torch.Tensor, masks: torch.Tensor):
+    """Per layer: (the words' attention, their objects' masks pooled to the layer's grid), each (batch, queries,
+    words); a missing word (position < 0) reads token 0, left for the caller's ``valid`` to drop."""
+    idx = positions.clamp_min(0)
+    for p in maps.values():
+        p = p.float().mean(1)  # (batch, queries, tokens)
+        side = int(round(p.shape[1] ** 0.5))
+        a = torch.gather(p, 2, idx[:, None, :].expand(-1, p.shape[1], -1))
+        yield a, F.adaptive_avg_pool2d(masks.float(), side).flatten(2).transpose(1, 2)
+
+
 def grounding_loss(
     maps: dict[str, torch.Tensor], positions: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -367,13 +378,8 @@ def grounding_loss(
     valid = positions >= 0 if rows is None else (positions >= 0) & rows[:, None]
     if not valid.any():
         return torch.zeros(())
-    idx = positions.clamp_min(0)
     total = 0.0
-    for p in maps.values():
-        p = p.float().mean(1)  # (batch, queries, tokens)
-        side = int(round(p.shape[1] ** 0.5))
-        a = torch.gather(p, 2, idx[:, None, :].expand(-1, p.shape[1], -1))  # (batch, queries, objects)
-        m = F.adaptive_avg_pool2d(masks.float(), side).flatten(2).transpose(1, 2)  # (batch, queries, objects)
+    for a, m in _word_maps(maps, positions, masks):
         inside = (a * m).sum(1) / a.sum(1).clamp_min(1e-8)
         total = total + ((1 - inside) ** 2 * valid).sum() / valid.sum()
     return total / len(maps)
@@ -395,13 +401,8 @@ def exclusive_loss(
     pairs = valid[:, :, None] & valid[:, None, :] & ~torch.eye(positions.shape[1], dtype=torch.bool)
     if not pairs.any():
         return torch.zeros(())
-    idx = positions.clamp_min(0)
     total = 0.0
-    for p in maps.values():
-        p = p.float().mean(1)  # (batch, queries, tokens)
-        side = int(round(p.shape[1] ** 0.5))
-        a = torch.gather(p, 2, idx[:, None, :].expand(-1, p.shape[1], -1))  # (batch, queries, objects)
-        m = F.adaptive_avg_pool2d(masks.float(), side).flatten(2).transpose(1, 2)  # (batch, queries, objects)
+    for a, m in _word_maps(maps, positions, masks):
         # [b, k, j]: noun j's attention on object k's pixels that are not j's, per unit of k's area
         other = torch.einsum("bqk,bqj->bkj", m, a * (1 - m)) / m.sum(1).clamp_min(1e-8)[:, :, None]
         total = total + (other * pairs).sum() / pairs.sum()
