@@ -181,7 +181,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
     levers += ["--grounding-layers", "outer", "--grounding-max-t", "500", "--grounding-through", "keys"]
-    levers += ["--stretch-nouns", "0.5", "--stretch-max", "2", "--exclusive", "0.05"]
+    levers += ["--stretch-nouns", "0.5", "--stretch-max", "2", "--exclusive", "0.05", "--exclusive-layers", "16x16"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
         (tmp_path / "lev" / d).write_bytes((tmp_path / "plain" / d).read_bytes())
@@ -192,6 +192,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
     assert run["grounding_max_t"] == 500 and run["grounding_through"] == "keys"
     assert run["stretch_nouns"] == 0.5 and run["stretch_max"] == 2 and run["exclusive"] == 0.05
+    assert run["exclusive_layers"] == "16x16"
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
@@ -232,6 +233,11 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding-through", "queries"] + base)
     with pytest.raises(InputError, match="--exclusive 0.05 needs --grounding > 0"):
         train_cli(["--out", str(tmp_path / "bad"), "--exclusive", "0.05"] + base)
+    with pytest.raises(InputError, match="--exclusive-layers 16x16 needs --exclusive > 0"):
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--exclusive-layers", "16x16"] + base)
+    wider = ["--grounding-layers", "16x16", "--exclusive", "0.1", "--exclusive-layers", "outer"]
+    with pytest.raises(InputError, match="--exclusive-layers outer holds layers --grounding-layers 16x16 does not"):
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1"] + wider + base)
     with pytest.raises(InputError, match="--exclusive must be >= 0"):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--exclusive", "-1"] + base)
     with pytest.raises(InputError, match="--grounding-max-t is a training timestep, 1 to 1000; got 1001"):
@@ -556,3 +562,16 @@ def test_exclusive_loss_counts_the_other_nouns_attention_on_each_objects_pixels(
     same = torch.zeros(1, 2, 16, 16)
     same[0, :, :8, :8] = 1
     assert float(grounding.exclusive_loss(maps(0.3), pos, same)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_exclusive_layers_are_some_of_the_grounded_ones():
+    names = ["down_blocks.0.attentions.0", "down_blocks.1.attentions.0", "mid_block.attentions.0",
+             "up_blocks.1.attentions.0", "up_blocks.1.attentions.1", "up_blocks.2.attentions.0"]  # fmt: skip
+    maps = {n: torch.zeros(1) for n in names}
+    assert list(grounding.held_maps(maps, "16x16")) == ["down_blocks.0.attentions.0", "up_blocks.2.attentions.0"]
+    assert list(grounding.held_maps(maps, "16x16+last-8x8"))[1] == "up_blocks.1.attentions.1"
+    assert len(grounding.held_maps(maps, "outer")) == 5 and len(grounding.held_maps(maps, "all")) == 6
+    order = ["16x16", "16x16+last-8x8", "outer", "all"]  # each holds the layers of those before it
+    for i, inner in enumerate(order):
+        for j, outer in enumerate(order):
+            assert grounding.layers_within(inner, outer) == (i <= j), (inner, outer)

@@ -12,7 +12,8 @@
   UNet's cross-attention (the causal text encoder still reads them), so the UNet learns to draw an
   object from its noun token alone, the token an attribute delta edits.
 * **Exclusive pixels** (with the grounding loss, ``--exclusive``): each object's pixels are held off the other
-  objects' nouns (``exclusive_loss``), the pixel side of the same masks. The grounding loss alone lets a
+  objects' nouns (``exclusive_loss``), the pixel side of the same masks, in the grounded layers or, with
+  ``--exclusive-layers``, some of them. The grounding loss alone lets a
   bystander's pixels read the subject's noun as long as that noun's attention is mostly on its own object.
 
 * **Token swap**: for a share of the captions, one object's colour (and its size, when the caption names
@@ -301,6 +302,16 @@ GROUNDED_LAYERS = {
     "16x16": ("mid_block", "down_blocks.1", "up_blocks.1"),
     "16x16+last-8x8": ("mid_block", "down_blocks.1", "up_blocks.1.attentions.0"),
 }
+
+
+def layers_within(inner: str, outer: str) -> bool:
+    """Whether every layer ``GROUNDED_LAYERS[inner]`` holds is one ``GROUNDED_LAYERS[outer]`` holds too."""
+    return all(any(s.startswith(e) for e in GROUNDED_LAYERS[inner]) for s in GROUNDED_LAYERS[outer])
+
+
+def held_maps(maps: dict[str, torch.Tensor], layers: str) -> dict[str, torch.Tensor]:
+    """The maps of the layers ``GROUNDED_LAYERS[layers]`` holds."""
+    return {n: p for n, p in maps.items() if not n.startswith(GROUNDED_LAYERS[layers])}
 
 
 # which side of each grounded layer the grounding loss's gradient reaches: both; the keys alone (the layer's

@@ -112,6 +112,7 @@ def main(argv=None) -> None:
         grounding_max_t=a.grounding_max_t,
         grounding_through=a.grounding_through,
         exclusive=a.exclusive,
+        exclusive_layers=a.exclusive_layers,
         attribute_dropout=a.attribute_dropout,
         token_swap=a.token_swap,
         swap_reach=a.swap_reach,

@@ -123,6 +123,12 @@ def parser(description: str) -> argparse.ArgumentParser:
         "objects' nouns in the grounded layers (grounding.exclusive_loss; 0 = off)",
     )
     p.add_argument(
+        "--exclusive-layers",
+        choices=list(grounding.GROUNDED_LAYERS),
+        default=None,
+        help="with --exclusive: hold it in these layers only, some of the grounded ones (default: all of those)",
+    )
+    p.add_argument(
         "--attribute-dropout",
         type=float,
         default=0.0,
@@ -233,6 +239,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _check_exclusive_layers(a) -> None:
+    if a.exclusive_layers is None:
+        return
+    if not a.exclusive:
+        raise checks.InputError(f"--exclusive-layers {a.exclusive_layers} needs --exclusive > 0 (it picks its layers)")
+    if not grounding.layers_within(a.exclusive_layers, a.grounding_layers):
+        raise checks.InputError(
+            f"--exclusive-layers {a.exclusive_layers} holds layers --grounding-layers {a.grounding_layers} does not "
+            "record; pick some of the grounded layers or ground more (--grounding-layers all)"
+        )
+
+
 def check(a, init: dict | None) -> None:
     """Every flag's value, each refusal naming the flag and the fix; ``init``: --init-from's UNet checkpoint."""
     for flag in ("scenes", "batch"):
@@ -273,6 +291,7 @@ def check(a, init: dict | None) -> None:
     ):
         if used and not a.grounding:
             raise checks.InputError(f"{given} needs --grounding > 0 ({why})")
+    _check_exclusive_layers(a)
     _check_summary(a)
     checks.count(a.threads, "--threads")
     past = _resumed_record(a)

@@ -61,6 +61,8 @@ def record(a, argv) -> dict:
         run["grounding_through"] = a.grounding_through
     if a.exclusive:
         run["exclusive"] = a.exclusive
+    if a.exclusive_layers is not None:
+        run["exclusive_layers"] = a.exclusive_layers
     if a.attribute_dropout:
         run["attribute_dropout"] = a.attribute_dropout
     if a.stretch_nouns:

@@ -164,11 +164,14 @@ def _read_levers(cond, mask, idx, words: dict, g, *, dropout: float, stretch: tu
     return cond, mask
 
 
-def _grounding_terms(maps, words, nouns, masks, held, weights: tuple[float, float]) -> torch.Tensor:
-    """The grounding loss (``words`` held to their objects) and, with a second weight, its pixel side (``nouns``)."""
-    weight, exclusive = weights
+def _grounding_terms(maps, words, nouns, masks, held, weights: tuple[float, float, str]) -> torch.Tensor:
+    """The grounding loss (``words`` held to their objects) and, with a second weight, its pixel side (``nouns``)
+    in the layers the third names (``grounding.GROUNDED_LAYERS``)."""
+    weight, exclusive, layers = weights
     out = weight * grounding.grounding_loss(maps, words, masks, held)
-    return out + exclusive * grounding.exclusive_loss(maps, nouns, masks, held) if exclusive else out
+    if not exclusive:
+        return out
+    return out + exclusive * grounding.exclusive_loss(grounding.held_maps(maps, layers), nouns, masks, held)
 
 
 def train_unet(
@@ -194,6 +197,7 @@ def train_unet(
     grounding_max_t: int | None = None,
     grounding_through: str = "both",
     exclusive: float = 0.0,
+    exclusive_layers: str | None = None,
     attribute_dropout: float = 0.0,
     token_swap: float = 0.0,
     swap_reach: float = 1.0,
@@ -216,7 +220,7 @@ def train_unet(
     ``summary``: the words the end-of-text state is made without (``grounding.SUMMARIES``; ``with_summary``).
     ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
     only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``exclusive`` (the
-    weight of ``grounding.exclusive_loss``, in the grounded layers) / ``attribute_dropout`` /
+    weight of ``grounding.exclusive_loss``, in the grounded layers or ``exclusive_layers``) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` / ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas``
     (the limit of ``change_penalty``) / ``stretch`` (share of captions, largest factor: ``stretch_nouns``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
@@ -243,7 +247,7 @@ def train_unet(
     if start >= steps:
         return unet, text, ema, history
     sched, skip = training_scheduler(), grounding.GROUNDED_LAYERS[grounding_layers]
-    ids, weights = token_ids(captions, tokenizer), (grounding_weight, exclusive)
+    ids, weights = token_ids(captions, tokenizer), (grounding_weight, exclusive, exclusive_layers or grounding_layers)
     if grounding_weight or token_swap:
         positions, masks = grounding.noun_targets(scenes, ids, tokenizer)
         grounded = grounding.phrase_targets(positions, ids, tokenizer) if ground_adjectives else positions
