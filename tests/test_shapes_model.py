@@ -117,3 +117,23 @@ def test_order_bias_reads_word_order_against_size(shapes_pipe, capsys):
     assert evaluation_cli(["--n", "0", "--order-bias", "200", "--order-mix", "v5"]) == 0
     out = capsys.readouterr().out
     assert "mix v5" in out and "object 2 of the caption" in out and "within each size word" in out
+
+
+def test_reading_says_what_each_objects_pixels_attend_to(shapes_pipe, capsys):
+    from reprolib.evaluation import localisation as loc
+    from reprolib.evaluation.__main__ import main
+    from reprolib.shapes import world
+
+    objs = (world.Obj("circle", "red", 12, 16, 16), world.Obj("square", "blue", 10, 46, 44))
+    two = world.Scene(objs, "a red circle and a blue square")
+    ratios, reading = loc.scene_maps(shapes_pipe, 0, two)
+    assert set(reading) == set(ratios) and all(len(v) == 2 for v in reading.values())  # both objects found
+    assert all(0 <= own <= 1 and 0 <= other <= 1 for v in reading.values() for own, other in v)
+    # the first 8x8 up layer localises best (6.6x on the card): each object's pixels read their own noun
+    up = next(layer for layer in reading if layer.startswith("up_blocks.1.attentions.0"))
+    assert all(own > 5 * other for own, other in reading[up]), reading[up]
+    alone = world.Scene(objs[:1], "a red circle")  # no other object: nothing to read
+    assert all(v == [] for v in loc.scene_maps(shapes_pipe, 0, alone)[1].values())
+    assert main(["--n", "0", "--attention", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"^reading .* own noun [\d.]+  another object's noun [\d.]+$", printed, re.M)) == 7

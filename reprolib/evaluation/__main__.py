@@ -126,6 +126,9 @@ def main(argv=None) -> int:
         out["attention"] = localisation(pipe, a.attention)
         for layer, v in out["attention"]["layers"].items():
             print(f"attention  {layer:<28} noun mass on its object ÷ uniform share: {v:.2f}×")
+        print("what an object's pixels attend to, from the edits' delay on (a values-only edit moves a pixel by it):")
+        for layer, r in out["attention"]["reading"].items():
+            print(f"reading    {layer:<28} own noun {r['own']:.3f}  another object's noun {r['other']:.3f}")
     if a.specificity:
         if size is not None:
             size.check(TextConditioning(pipe))  # made with this model's text encoder, or a clear error
