@@ -64,6 +64,15 @@ def faithfulness(pipe, groups: list[tuple[int, int]]) -> dict:
     return {**faith.fractions(summed, n), "seconds_per_image": (time.perf_counter() - t0) / n}
 
 
+def _seeds_behind(*measured: dict) -> str:
+    """The worst leak pair's seeds that made it (``Sweep.seeds_behind_leak``), e.g. "2; 0 of 12 (square → triangle,
+    yellow)": a few seeds is a rare swap or merge, most of them a drift of every picture."""
+    colour, spec = max(zip(("blue", "yellow"), measured), key=lambda cs: cs[1]["worst_leak"])
+    pair, p = max(spec["pairs"].items(), key=lambda kv: kv[1]["leak"])
+    moved, lost = p["seeds_moved_lost"]
+    return f"{moved}; {lost} of {spec['seeds']} ({pair.replace(' -> ', ' → ')}, {colour})"
+
+
 def rows(m: dict) -> list[tuple[str, str, bool | None]]:
     """(bar, measured, met) for every bar in ``m`` (the script's numbers); met is None for a printed figure."""
     f, spec, loc, lay = m["faithfulness"], m["specificity"], m["localisation"], m["layout"]
@@ -81,6 +90,7 @@ def rows(m: dict) -> list[tuple[str, str, bool | None]]:
         ),
         ("(figure) size-delta leak, blue bystander: worst of 9", f"{spec['worst_leak']:.3f}", None),
         ("(figure) size-delta leak, yellow bystander: worst of 9", f"{yellow['worst_leak']:.3f}", None),
+        ("(figure) the worst pair's seeds: bystander moved; subject lost", _seeds_behind(spec, yellow), None),
         (
             f"size +2 & colour +1: bystander kept ≥ 0.90, worst of 9 × {len(spec['kept_by_colour'])} colours",
             f"{spec['worst_kept']:.2f}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,24 @@ def test_sweeps_from_single_seeds_join_as_one_sweep():
     assert "kept, yellow bystander" in merged.format() and merged.numbers()["worst_kept"] == 0.5
     assert merged.edited_by_colour == {"green": {pair: 0.5}, "yellow": {pair: 0.0}}
     assert merged.numbers()["worst_edited"] == 0.0 and "least edited 0.00" in merged.format()
+
+
+def test_the_seeds_behind_a_leak_are_counted():
+    nan = np.nan
+    # four seeds: the subject grows 100 px on average; seed 1's bystander jumps 256 px (a swap), seed 3's subject is
+    # lost at the last alpha while its bystander doubles (a merge: its change counts, the subject is also lost)
+    target = np.array([[300.0, 300.0, 200.0, 190.0], [400.0, 400.0, 300.0, nan]])
+    other = np.array([[100.0, 58.0, 120.0, 260.0], [110.0, 314.0, 130.0, 563.0]])
+    sweep = Sweep([0.0, 1.5], [0, 1, 2, 3], target, other, [])
+    assert sweep.seeds_behind_leak() == (2, 1)
+    assert sweep.seeds_behind_leak(share=0.05) == (4, 1)  # every bystander moved by more than 5 px
+    assert Sweep([0.0, 1.5], [0], target[:, :1], None, []).seeds_behind_leak() == (0, 0)
+    spec = Specificity(
+        1.5, [0, 1, 2, 3], leak={("square", "triangle"): sweep.leak()}, growth={("square", "triangle"): 100.0}
+    )
+    spec.sweeps[("square", "triangle")] = sweep
+    assert spec.numbers()["pairs"]["square -> triangle"]["seeds_moved_lost"] == (2, 1)
+    assert re.search(r"square → triangle\s+[\d.]+\s+100\s+2, 1", spec.format())
 
 
 def test_a_bystander_of_the_edits_own_colours_is_refused():

@@ -79,6 +79,8 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     assert len(m["leak_yellow"]["pairs"]) == 9  # the leak beside a yellow bystander too; the worse is the bar
     leak = [v for bar, v, _ in bench.rows(m) if bar.startswith("size-delta leak ≤")]
     assert leak == [f"{np.max([m['specificity']['worst_leak'], m['leak_yellow']['worst_leak']]):.3f}"]
+    behind = [v for bar, v, _ in bench.rows(m) if bar.startswith("(figure) the worst pair's seeds")]
+    assert len(behind) == 1 and re.fullmatch(r"[01]; [01] of 1 \(\w+ → \w+, (blue|yellow)\)", behind[0]), behind
     assert json.loads(out.read_text())["met"] == m["met"]
     layers = [k for k in m["localisation"]["layers"] if "(16x16)" in k or "(8x8)" in k]
     assert len(layers) == 6 and len(m["met"]) == 4 + 3 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak

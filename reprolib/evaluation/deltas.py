@@ -40,6 +40,17 @@ class Sweep:
         t, o = np.nanmean(self.target, axis=1), np.nanmean(self.other, axis=1)
         return leak_ratio(t[-1] - t[0], o[-1] - o[0])
 
+    def seeds_behind_leak(self, share: float = 0.5) -> tuple[int, int]:
+        """(seeds whose bystander's area changed by more than ``share`` of the subject's mean change, first α to
+        last; seeds whose subject is found at the first α and not at the last). The leak is a ratio of means, so
+        a few such seeds (a swap of the two objects, a merge) can make it; the count says whether they did."""
+        if self.other is None:
+            return 0, 0
+        growth = abs(np.nanmean(self.target[-1]) - np.nanmean(self.target[0]))
+        change = np.abs(self.other[-1] - self.other[0])  # NaN where the bystander is missing at either end
+        lost = ~np.isnan(self.target[0]) & np.isnan(self.target[-1])
+        return int(np.sum(change > share * growth)), int(lost.sum())
+
 
 def size_sweep(
     pipe,

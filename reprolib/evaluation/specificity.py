@@ -128,7 +128,12 @@ class Specificity:
             "worst_kept": self.worst_kept(),
             "worst_edited": self.worst_edited(),
             "pairs": {
-                f"{s} -> {b}": {"leak": v, "growth_px": self.growth[(s, b)], "kept": kept.get((s, b))}
+                f"{s} -> {b}": {
+                    "leak": v,
+                    "growth_px": self.growth[(s, b)],
+                    "kept": kept.get((s, b)),
+                    "seeds_moved_lost": self.sweeps[(s, b)].seeds_behind_leak() if (s, b) in self.sweeps else None,
+                }
                 for (s, b), v in self.leak.items()
             },
             "kept_by_colour": {
@@ -146,16 +151,22 @@ class Specificity:
         lines = [
             f"size delta at α = {self.alpha:g} on the subject, {len(self.seeds)} seeds; leak = bystander's "
             "area change ÷ subject's" + reach,
-            f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}"
+            f"{'subject → bystander':<24}{'leak':>8}{'subject Δpx':>13}{'seeds: moved, lost':>20}"
             + "".join(f"{'kept, ' + c + ' bystander':>24}{'blue subject':>14}" for c in self.kept_by_colour),
         ]
         for key, v in self.leak.items():
             kept = "".join(
                 f"{by[key]:24.2f}{self.edited_by_colour[c][key]:14.2f}" for c, by in self.kept_by_colour.items()
             )
-            lines.append(f"{key[0] + ' → ' + key[1]:<24}{v:8.3f}{self.growth[key]:13.0f}{kept}")
+            moved, lost = self.sweeps[key].seeds_behind_leak() if key in self.sweeps else ("-", "-")
+            seeds = f"{moved}, {lost}"
+            lines.append(f"{key[0] + ' → ' + key[1]:<24}{v:8.3f}{self.growth[key]:13.0f}{seeds:>20}{kept}")
         kept = f"; worst kept {self.worst_kept():.2f}, least edited {self.worst_edited():.2f}" if self.kept else ""
         lines.append(f"worst leak {self.worst_leak():.3f}{kept}")
+        lines.append(
+            "(seeds: moved = the bystander's area changed by more than half the subject's mean growth; lost = the "
+            "subject found at α = 0 and not at α)"
+        )
         return "\n".join(lines)
 
     __str__ = format
