@@ -242,6 +242,11 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--exclusive", "-1"] + base)
     with pytest.raises(InputError, match="--grounding-max-t is a training timestep, 1 to 1000; got 1001"):
         train_cli(["--out", str(tmp_path / "bad"), "--grounding", "0.1", "--grounding-max-t", "1001"] + base)
+    with pytest.raises(InputError, match="--grounding-min-t 700 needs --grounding > 0"):
+        train_cli(["--out", str(tmp_path / "bad"), "--grounding-min-t", "700"] + base)
+    window = ["--grounding", "0.1", "--grounding-min-t", "700", "--grounding-max-t", "500"]
+    with pytest.raises(InputError, match="--grounding-min-t 700 is not below --grounding-max-t 500"):
+        train_cli(["--out", str(tmp_path / "bad")] + window + base)
 
 
 def _words_of(tokenizer, row):
@@ -562,6 +567,14 @@ def test_exclusive_loss_counts_the_other_nouns_attention_on_each_objects_pixels(
     same = torch.zeros(1, 2, 16, 16)
     same[0, :, :8, :8] = 1
     assert float(grounding.exclusive_loss(maps(0.3), pos, same)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_grounding_window_holds_timesteps_from_min_to_max():
+    t = torch.tensor([10, 499, 500, 700, 999])
+    assert grounding.held_rows(t, None, None) is None
+    assert grounding.held_rows(t, None, 500).tolist() == [True, True, False, False, False]
+    assert grounding.held_rows(t, 700, None).tolist() == [False, False, False, True, True]
+    assert grounding.held_rows(t, 499, 700).tolist() == [False, True, True, False, False]
 
 
 def test_exclusive_layers_are_some_of_the_grounded_ones():

@@ -4,10 +4,11 @@
   cross-attention layer, each noun's attention should fall on its object. The loss is the same energy
   layout guidance lowers at sampling time, (1 − Σ_object A / Σ A)², here with the renderer's exact
   soft masks, averaged over the objects and layers of the batch. ``--grounding-max-t`` holds it only at
-  the less noisy timesteps, ``--grounding-layers`` only in some layers (measured in session 14: neither gives
-  the object count back); ``--grounding-through queries`` lets its gradient move only the queries (measured
-  in session 15: on the 16×16 layers at 0.01 that localises at almost no count cost, the count being lost through
-  the keys; on every layer at 0.05 it costs far more).
+  the less noisy timesteps (``--grounding-min-t``: the noisier ones), ``--grounding-layers`` only in some
+  layers (measured in session 14: neither gives the object count back); ``--grounding-through queries``
+  lets its gradient move only the queries (measured in session 15: on the 16×16 layers at 0.01 that
+  localises at almost no count cost, the count being lost through the keys; on every layer at 0.05 it
+  costs far more).
 * **Attribute dropout**: for a share of the captions, the colour and size words are hidden from the
   UNet's cross-attention (the causal text encoder still reads them), so the UNet learns to draw an
   object from its noun token alone, the token an attribute delta edits.
@@ -302,6 +303,13 @@ GROUNDED_LAYERS = {
     "16x16": ("mid_block", "down_blocks.1", "up_blocks.1"),
     "16x16+last-8x8": ("mid_block", "down_blocks.1", "up_blocks.1.attentions.0"),
 }
+
+
+def held_rows(t: torch.Tensor, low: int | None, high: int | None) -> torch.Tensor | None:
+    """The batch rows the grounding terms hold: timesteps in [``low``, ``high``); None (every row) without limits."""
+    if low is None and high is None:
+        return None
+    return (t >= (low or 0)) & (t < (high if high is not None else t.max() + 1))
 
 
 def layers_within(inner: str, outer: str) -> bool:

@@ -110,6 +110,7 @@ def main(argv=None) -> None:
         grounding_weight=a.grounding,
         grounding_layers=a.grounding_layers,
         grounding_max_t=a.grounding_max_t,
+        grounding_min_t=a.grounding_min_t,
         grounding_through=a.grounding_through,
         exclusive=a.exclusive,
         exclusive_layers=a.exclusive_layers,

@@ -109,6 +109,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         "picture does not yet say where an object will be",
     )
     p.add_argument(
+        "--grounding-min-t",
+        type=int,
+        default=None,
+        help="with --grounding: hold it (and --exclusive) only at timesteps from this on (default: all); the "
+        "noisiest steps are where two nouns settle on their objects, before an edit's delay",
+    )
+    p.add_argument(
         "--grounding-through",
         choices=grounding.GROUNDING_THROUGH,
         default="both",
@@ -280,13 +287,21 @@ def check(a, init: dict | None) -> None:
         if not a.token_swap:
             raise checks.InputError(f"--short-deltas {a.short_deltas} needs --token-swap > 0 (it measures swaps)")
     last = SCHEDULE["num_train_timesteps"]
-    if a.grounding_max_t is not None and checks.integer(a.grounding_max_t, "--grounding-max-t", minimum=1) > last:
-        raise checks.InputError(f"--grounding-max-t is a training timestep, 1 to {last}; got {a.grounding_max_t}")
+    for flag in ("grounding_max_t", "grounding_min_t"):
+        name, value = "--" + flag.replace("_", "-"), getattr(a, flag)
+        if value is not None and checks.integer(value, name, minimum=1) > last:
+            raise checks.InputError(f"{name} is a training timestep, 1 to {last}; got {value}")
+    if None not in (a.grounding_min_t, a.grounding_max_t) and a.grounding_min_t >= a.grounding_max_t:
+        raise checks.InputError(
+            f"--grounding-min-t {a.grounding_min_t} is not below --grounding-max-t {a.grounding_max_t}: no timestep "
+            "would be held; lower the first or raise the second"
+        )
     for given, used, why in (  # the options that shape the grounding loss, each pointless without it
         (f"--grounding-layers {a.grounding_layers}", a.grounding_layers != "all", "it picks its layers"),
         (f"--grounding-through {a.grounding_through}", a.grounding_through != "both", "it picks its side"),
         ("--ground-adjectives", a.ground_adjectives, "it adds words to the grounding loss"),
         (f"--grounding-max-t {a.grounding_max_t}", a.grounding_max_t is not None, "it limits it"),
+        (f"--grounding-min-t {a.grounding_min_t}", a.grounding_min_t is not None, "it limits it"),
         (f"--exclusive {a.exclusive}", bool(a.exclusive), "it is read from the grounded layers' maps"),
     ):
         if used and not a.grounding:

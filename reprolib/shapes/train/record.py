@@ -57,6 +57,8 @@ def record(a, argv) -> dict:
         run["grounding_layers"] = a.grounding_layers
     if a.grounding_max_t is not None:
         run["grounding_max_t"] = a.grounding_max_t
+    if a.grounding_min_t is not None:
+        run["grounding_min_t"] = a.grounding_min_t
     if a.grounding_through != "both":
         run["grounding_through"] = a.grounding_through
     if a.exclusive:

@@ -195,6 +195,7 @@ def train_unet(
     grounding_weight: float = 0.0,
     grounding_layers: str = "all",
     grounding_max_t: int | None = None,
+    grounding_min_t: int | None = None,
     grounding_through: str = "both",
     exclusive: float = 0.0,
     exclusive_layers: str | None = None,
@@ -218,9 +219,10 @@ def train_unet(
     ``mask_padding``: cross-attention ignores the slots after the first end-of-text (``padding_mask``).
     ``reads``: the words it reads (``grounding.READS``; ``reads_mask``), the start token always.
     ``summary``: the words the end-of-text state is made without (``grounding.SUMMARIES``; ``with_summary``).
-    ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` (held
-    only at timesteps below it) / ``grounding_through`` (``grounding.GROUNDING_THROUGH``) / ``exclusive`` (the
-    weight of ``grounding.exclusive_loss``, in the grounded layers or ``exclusive_layers``) / ``attribute_dropout`` /
+    ``grounding_weight`` / ``grounding_layers`` (``grounding.GROUNDED_LAYERS``) / ``grounding_max_t`` /
+    ``grounding_min_t`` (held only at timesteps below the first, from the second on) / ``grounding_through``
+    (``grounding.GROUNDING_THROUGH``) / ``exclusive`` (the weight of ``grounding.exclusive_loss``, in the
+    grounded layers or ``exclusive_layers``) / ``attribute_dropout`` /
     ``token_swap`` / ``swap_reach`` / ``swap_late`` / ``swap_name_size`` / ``ground_adjectives`` / ``short_deltas``
     (the limit of ``change_penalty``) / ``stretch`` (share of captions, largest factor: ``stretch_nouns``)
     (need ``scenes``, the captions' scenes; ``token_swap`` also the ``vae`` to encode its changed pictures):
@@ -291,7 +293,7 @@ def train_unet(
             pred = unet(xt, t, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
         loss = diffusion = F.mse_loss(pred, noise)
         if grounding_weight:
-            held = None if grounding_max_t is None else t < grounding_max_t
+            held = grounding.held_rows(t, grounding_min_t, grounding_max_t)
             loss = loss + _grounding_terms(maps, grounded[idx], positions[idx], object_masks, held, weights)
         if short_deltas is not None and token_swap and len(ratio):  # ratio exists only with swaps
             loss = loss + grounding.SHORT_WEIGHT * grounding.change_penalty(ratio, short_deltas)
