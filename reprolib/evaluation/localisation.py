@@ -49,8 +49,8 @@ def scene_maps(pipe, k: int, scene, steps: int | None = None) -> tuple[dict, dic
         f = measure.find(found, colour=o.colour)
         if f is not None:  # the noun of *this* object: the caption's n-th occurrence is not needed, colours are unique
             objects.append((f, re.compile(rf"\b{o.colour}\s+({o.shape})\b")))
+    size = objects[0][0].mask.shape if objects else None
     for layer in maps.layers:
-        size = objects[0][0].mask.shape if objects else None
         every = [maps.word(word, layer=layer, size=size).numpy() for _, word in objects]
         after = [maps.word(word, layer=layer, step=late, size=size).numpy() for _, word in objects]
         for i, (f, _) in enumerate(objects):

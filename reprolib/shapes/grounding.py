@@ -309,7 +309,12 @@ def held_rows(t: torch.Tensor, low: int | None, high: int | None) -> torch.Tenso
     """The batch rows the grounding terms hold: timesteps in [``low``, ``high``); None (every row) without limits."""
     if low is None and high is None:
         return None
-    return (t >= (low or 0)) & (t < (high if high is not None else t.max() + 1))
+    rows = torch.ones(t.shape, dtype=torch.bool, device=t.device)
+    if low is not None:
+        rows &= t >= low
+    if high is not None:
+        rows &= t < high
+    return rows
 
 
 def layers_within(inner: str, outer: str) -> bool:
