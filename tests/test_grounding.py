@@ -181,6 +181,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     levers = ["--grounding", "0.5", "--attribute-dropout", "0.5", "--token-swap", "0.5", "--swap-reach", "2"]
     levers += ["--ground-adjectives", "--swap-late", "0.5", "--swap-name-size", "0.5", "--short-deltas", "0.3"]
     levers += ["--grounding-layers", "outer", "--grounding-max-t", "500", "--grounding-through", "keys"]
+    levers += ["--grounding-min-t", "100"]
     levers += ["--stretch-nouns", "0.5", "--stretch-max", "2", "--exclusive", "0.05", "--exclusive-layers", "16x16"]
     for d in ("data.pt", "vae.pt", "latents.pt"):  # the same data and VAE: only the levers differ
         (tmp_path / "lev").mkdir(exist_ok=True)
@@ -190,7 +191,7 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert run["grounding"] == 0.5 and run["attribute_dropout"] == 0.5 and run["token_swap"] == 0.5
     assert run["swap_reach"] == 2 and run["ground_adjectives"] is True and run["swap_late"] == 0.5
     assert run["swap_name_size"] == 0.5 and run["short_deltas"] == 0.3 and run["grounding_layers"] == "outer"
-    assert run["grounding_max_t"] == 500 and run["grounding_through"] == "keys"
+    assert run["grounding_max_t"] == 500 and run["grounding_through"] == "keys" and run["grounding_min_t"] == 100
     assert run["stretch_nouns"] == 0.5 and run["stretch_max"] == 2 and run["exclusive"] == 0.05
     assert run["exclusive_layers"] == "16x16"
     # the swaps' noun change is logged (a swap moves this untrained encoder's noun token by a share of its length)
