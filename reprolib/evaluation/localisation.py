@@ -49,14 +49,14 @@ def scene_maps(pipe, k: int, scene, steps: int | None = None) -> tuple[dict, dic
         f = measure.find(found, colour=o.colour)
         if f is not None:  # the noun of *this* object: the caption's n-th occurrence is not needed, colours are unique
             objects.append((f, re.compile(rf"\b{o.colour}\s+({o.shape})\b")))
-    size = objects[0][0].mask.shape if objects else None
+    size, beside = (objects[0][0].mask.shape if objects else None), len(objects) > 1  # reading needs two objects
     for layer in maps.layers:
         every = [maps.word(word, layer=layer, size=size).numpy() for _, word in objects]
-        after = [maps.word(word, layer=layer, step=late, size=size).numpy() for _, word in objects]
+        after = [maps.word(word, layer=layer, step=late, size=size).numpy() for _, word in objects] if beside else []
         for i, (f, _) in enumerate(objects):
             m = every[i]  # the share of the noun's attention on its object ÷ the object's share of the picture
             ratios[layer][1].append(float((m * f.mask).sum() / max(m.sum(), 1e-12) / f.mask.mean()))
-            if len(objects) > 1:
+            if beside:
                 other = np.mean([after[j][f.mask].mean() for j in range(len(objects)) if j != i])
                 reading[layer].append((float(after[i][f.mask].mean()), float(other)))
     return ratios, reading

@@ -109,6 +109,10 @@ class Specificity:
         """The stacked edit's weakest pair: the least share of pictures whose subject turned blue."""
         return min((v for by in self.edited_by_colour.values() for v in by.values()), default=float("nan"))
 
+    def seeds_behind(self, pair: tuple[str, str]) -> tuple[int, int] | None:
+        """The pair's ``Sweep.seeds_behind_leak`` (None where its areas were not kept)."""
+        return self.sweeps[pair].seeds_behind_leak() if pair in self.sweeps else None
+
     def worst_leak(self) -> float:
         return max(self.leak.values())
 
@@ -132,7 +136,7 @@ class Specificity:
                     "leak": v,
                     "growth_px": self.growth[(s, b)],
                     "kept": kept.get((s, b)),
-                    "seeds_moved_lost": self.sweeps[(s, b)].seeds_behind_leak() if (s, b) in self.sweeps else None,
+                    "seeds_moved_lost": self.seeds_behind((s, b)),
                 }
                 for (s, b), v in self.leak.items()
             },
@@ -158,8 +162,8 @@ class Specificity:
             kept = "".join(
                 f"{by[key]:24.2f}{self.edited_by_colour[c][key]:14.2f}" for c, by in self.kept_by_colour.items()
             )
-            moved, lost = self.sweeps[key].seeds_behind_leak() if key in self.sweeps else ("-", "-")
-            seeds = f"{moved}, {lost}"
+            behind = self.seeds_behind(key)
+            seeds = "-, -" if behind is None else f"{behind[0]}, {behind[1]}"
             lines.append(f"{key[0] + ' → ' + key[1]:<24}{v:8.3f}{self.growth[key]:13.0f}{seeds:>20}{kept}")
         kept = f"; worst kept {self.worst_kept():.2f}, least edited {self.worst_edited():.2f}" if self.kept else ""
         lines.append(f"worst leak {self.worst_leak():.3f}{kept}")
