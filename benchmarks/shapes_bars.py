@@ -10,9 +10,11 @@ Each row is a bar of the issue with what this model measured and whether it is m
 - the size delta's leak on every subject/bystander shape pair at α = 1.5, beside a blue bystander (the colour
   furthest from the red subject) and a yellow one (the nearest; the worse is the bar), and the bystander kept
   under size +2 and colour +1 on the subject (``--seeds`` each), with the bystander in each colour the edit does
-  not involve (green and yellow; the worst is the bar). The edits are composed as the shapes world composes
-  them (``--reach``, ``--colour-delay``): size on cross-attention's values alone at the paper's delay, colour on
-  keys and values from the first step (this world settles colour within the paper's delay);
+  not involve (green and yellow; the worst is the bar), and beside it the unedited model asked for the green
+  bystander's edited picture ("a green square and a blue square", the composition's ceiling). The edits are
+  composed as the shapes world composes them (``--reach``, ``--colour-delay``): size on cross-attention's values
+  alone at the paper's delay, colour on keys and values from the first step (this world settles colour within
+  the paper's delay);
 - a noun's attention on its object ÷ uniform in every 16×16 and 8×8 cross-attention layer (≥ 3 in the layers
   layout guidance uses);
 - backward layout guidance: in box, and its time ÷ unguided (``--layout-seeds``, three cases);
@@ -38,6 +40,7 @@ from reprolib.conditioning import TextConditioning
 from reprolib.contrastive import contrastive_delta
 from reprolib.delta import Delta
 from reprolib.evaluation import faithfulness as faith
+from reprolib.evaluation.binding import near_pairs
 from reprolib.evaluation.layout import DEFAULT_CASES, layout_probe, methods
 from reprolib.evaluation.localisation import localisation
 from reprolib.evaluation.specificity import COMPOSED_COLOUR_DELAY, COMPOSED_REACH, edit_arguments, specificity
@@ -102,6 +105,8 @@ def rows(m: dict) -> list[tuple[str, str, bool | None]]:
     out.append(("(figure) edits: size reaches / colour reaches, from", f"{r['size']} / {r['colour']}, {when}", None))
     for colour, by in spec["kept_by_colour"].items():
         out.append((f"(figure) bystander kept, {colour} bystander: worst of 9", f"{min(by.values()):.2f}", None))
+    near = m["near_pairs"]  # the green bystander's ceiling: the model asked for the edited picture itself
+    out.append(("(figure) unedited 'a green X and a blue X': both drawn, least of 6", f"{near['least']:.2f}", None))
     # a bystander kept by an edit that did nothing is not composition: in the same pictures the subject turns blue
     edited, colours = spec["worst_edited"], len(spec["edited_by_colour"])
     out.append((f"size +2 & colour +1: subject turned blue ≥ 0.90 (the edit took), least of 9 × {colours}",
@@ -147,6 +152,7 @@ def measure(pipe, a, learned: Delta | None) -> dict:
     m["leak_yellow"] = specificity(
         pipe, size, None, seeds=range(a.seeds), colours=("red", "yellow"), reach=tuple(a.reach)
     ).numbers()
+    m["near_pairs"] = near_pairs(pipe, range(a.seeds))
     say("localisation ...")
     m["localisation"] = {**localisation(pipe, a.scenes), "guided": default_layers(pipe.unet)}
     say("layout ...")

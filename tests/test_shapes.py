@@ -458,6 +458,26 @@ def test_mix_v9_keeps_pairs_further_apart():
     np.testing.assert_allclose(counts, world.MIXES["v9"]["p_objects"], atol=0.04)
 
 
+def test_mix_v10_names_near_colours_more_often():
+    """v10 is v8 with a third of multi-object scenes naming a near pair (blue and green, or red and yellow):
+    such pairs come about twice as often as in v8, colours stay distinct, v8's gaps and counts are kept."""
+
+    def near(s: world.Scene) -> bool:
+        colours = {o.colour for o in s.objects}
+        return any(set(pair) <= colours for pair in world.NEAR_COLOURS)
+
+    v10 = world.scenes(1500, seed=7, **world.MIXES["v10"])
+    v8 = world.scenes(1500, seed=7, **world.MIXES["v8"])
+    multi = [s for s in v10 if len(s.objects) > 1]
+    assert all(len({o.colour for o in s.objects}) == len(s.objects) for s in multi)
+    # two-object scenes (three of four colours nearly always hold a pair): 1/3 by chance, 0.35 + 0.65/3 in v10
+    share10, share8 = (np.mean([near(s) for s in v if len(s.objects) == 2]) for v in (v10, v8))
+    assert share8 < 0.4 and share10 > 0.5
+    assert min(closest_gap(s) for s in multi) > 6
+    counts = np.bincount([len(s.objects) for s in v10], minlength=4)[1:] / len(v10)
+    np.testing.assert_allclose(counts, world.MIXES["v10"]["p_objects"], atol=0.04)
+
+
 def test_crowded_scene_is_placed_again_not_refused():
     """A placement that finds no room starts the scene again; an impossible one names the gap."""
     objs = world.random_objects(np.random.default_rng(4), 2, gap=24.0)  # seed 4: no room on the first 3 tries

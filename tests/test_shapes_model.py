@@ -81,6 +81,8 @@ def test_bars_benchmark_measures_and_judges_every_bar(shapes_pipe, bench_script,
     assert leak == [f"{np.max([m['specificity']['worst_leak'], m['leak_yellow']['worst_leak']]):.3f}"]
     behind = [v for bar, v, _ in bench.rows(m) if bar.startswith("(figure) the worst pair's seeds")]
     assert len(behind) == 1 and re.fullmatch(r"[01]; [01] of 1 \(\w+ → \w+, (blue|yellow)\)", behind[0]), behind
+    near = [v for bar, v, _ in bench.rows(m) if bar.startswith("(figure) unedited 'a green X and a blue X'")]
+    assert near == [f"{m['near_pairs']['least']:.2f}"] and len(m["near_pairs"]["prompts"]) == 6
     assert json.loads(out.read_text())["met"] == m["met"]
     layers = [k for k in m["localisation"]["layers"] if "(16x16)" in k or "(8x8)" in k]
     assert len(layers) == 6 and len(m["met"]) == 4 + 3 + 6 + 2 + 3  # faithfulness, edits, layers, layout, ρ/leak
@@ -139,3 +141,21 @@ def test_reading_says_what_each_objects_pixels_attend_to(shapes_pipe, capsys):
     assert main(["--n", "0", "--attention", "1"]) == 0
     printed = capsys.readouterr().out
     assert len(re.findall(r"^reading .* own noun [\d.]+  another object's noun [\d.]+$", printed, re.M)) == 7
+
+
+def test_near_pairs_counts_both_objects_of_each_prompt(shapes_pipe, capsys):
+    """The shipped model draws both of "a green X and a blue X" in almost every seed (12 seeds: 0.97 mean, 0.92
+    least); the figures are per prompt, every shape in both orders; a colour pair that is not two palette colours
+    is refused by name."""
+    from reprolib.evaluation.__main__ import main
+    from reprolib.evaluation.binding import near_pairs
+
+    r = near_pairs(shapes_pipe, range(12))
+    assert len(r["prompts"]) == 6 and "a blue triangle and a green triangle" in r["prompts"]
+    assert r["least"] == min(r["prompts"].values()) and r["mean"] > 0.9, r
+    for bad in [("green", "green"), ("green", "teal")]:
+        with pytest.raises(InputError, match="colours"):
+            near_pairs(shapes_pipe, range(1), colours=bad)
+    assert main(["--n", "0", "--near-pairs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"^  a \w+ \w+ and a \w+ \w+ +[01]\.\d\d$", printed, re.M)) == 6

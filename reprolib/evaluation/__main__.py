@@ -8,6 +8,7 @@ python -m reprolib.evaluation --n 0 --specificity 12 --bystander-colours green y
 python -m reprolib.evaluation --n 0 --specificity 12 --leak-bystander yellow   # leak beside the colour nearest red
 python -m reprolib.evaluation --n 0 --specificity 12 --size-delta runs/learned_size/delta.safetensors   # a learned one
 python -m reprolib.evaluation --n 0 --order-bias 3000 --order-mix v2   # does word order say size? (no images)
+python -m reprolib.evaluation --n 0 --near-pairs 48       # "a green square and a blue square": both drawn?
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..contrastive import contrastive_delta
 from ..delta import Delta
 from ..pipelines import load_pipeline
 from ..shapes import world
+from .binding import format_near_pairs, near_pairs
 from .card import write_card
 from .faithfulness import EVAL_SEED, faithfulness
 from .localisation import localisation
@@ -80,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(world.MIXES),
         help="with --order-bias: the captions' scene mix (default v1, the shipped model's)",
     )
+    p.add_argument(
+        "--near-pairs",
+        type=int,
+        default=0,
+        metavar="SEEDS",
+        help="also measure how often the unedited model draws both objects of 'a green X and a blue X' (every "
+        "shape, both orders): the ceiling of the composed edit, which turns its subject blue beside green",
+    )
     p.add_argument("--json", default=None, help="write the figures here too")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md beside the shipped weights")
@@ -89,10 +99,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = _parser()
     a = p.parse_args(argv)
-    for flag in ("n", "attention", "specificity", "order_bias"):
+    for flag in ("n", "attention", "specificity", "order_bias", "near_pairs"):
         checks.integer(getattr(a, flag), f"--{flag.replace('_', '-')}", minimum=0)
-    if not (a.n or a.attention or a.specificity or a.order_bias):
-        p.error("nothing to measure: give --n, --attention, --specificity or --order-bias a positive number")
+    if not (a.n or a.attention or a.specificity or a.order_bias or a.near_pairs):
+        p.error(
+            "nothing to measure: give --n, --attention, --specificity, --order-bias or --near-pairs a positive number"
+        )
     if a.size_delta and not a.specificity:
         p.error("--size-delta is measured by --specificity: give --specificity SEEDS too")
     if tuple(a.reach) != PAPER_REACH and not a.specificity:
@@ -148,6 +160,9 @@ def main(argv=None) -> int:
         mix = a.order_mix or "v1"
         out["order_bias"] = order_bias(pipe, contrastive_delta(pipe, "shapes/size"), a.order_bias, mix=mix)
         print(format_order_bias(out["order_bias"]))
+    if a.near_pairs:
+        out["near_pairs"] = near_pairs(pipe, range(a.near_pairs))
+        print(format_near_pairs(out["near_pairs"]))
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

@@ -53,6 +53,9 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # neighbour less often.
 # v9 is v8 with 12 px between the two objects of a two-object scene (three big objects cannot keep more than 6):
 # the leak prompts are two-object prompts, and v8 lowered their leak beside yellow (session 28).
+# v10 is v8 with a third of multi-object scenes naming two near colours (``NEAR_COLOURS``): the models since v14g
+# merge "a blue square and a green square" into one blue square in up to a third of seeds, and the composed edit,
+# which turns its subject blue beside a green bystander, fails in the same seeds (session 31).
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
@@ -63,7 +66,10 @@ MIXES = {
     "v7": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "p_touch": 0.35},
     "v8": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "gap": 6.0},
     "v9": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "gap": 6.0, "pair_gap": 12.0},
+    "v10": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35, "gap": 6.0, "p_near_colour": 0.35},
 }
+# The palette's nearest pairs (session 23): green is the colour nearest blue, yellow the one nearest red
+NEAR_COLOURS = (("blue", "green"), ("red", "yellow"))
 TOUCH_GAP = (-1.0, 0.5)  # px between touching objects' bounding boxes (negative: the later one covers a sliver)
 
 
@@ -139,12 +145,14 @@ def random_objects(
     repeat_colour: bool = False,
     touch: bool = False,
     gap: float = 2.0,
+    near_colour: bool = False,
 ) -> tuple[Obj, ...]:
     """``n`` non-overlapping objects, fully inside the image, of distinct colours unless ``repeat_colour``.
 
     ``repeat_shape`` (needs ``n >= 2``): two of the objects, at random places in the list, share one
     shape (the others' shapes stay random, so a three-object scene may repeat it three times).
     ``repeat_colour`` (needs ``n >= 2``): two of the objects share one colour, the others' stay distinct.
+    ``near_colour`` (needs ``n >= 2``): two of the objects take one of ``NEAR_COLOURS``' pairs.
     ``touch``: each object after the first meets one placed before it (``touching``); falls back to a free
     place when none fits. ``gap``: the least distance (px) between two objects' bounding boxes otherwise.
     When a placement finds no room, the whole scene is placed again (the streams of scenes that fit are kept).
@@ -153,6 +161,11 @@ def random_objects(
     if repeat_colour and n >= 2:
         i, j = (int(k) for k in rng.choice(n, size=2, replace=False))
         colours[j] = colours[i]
+    elif near_colour and n >= 2:
+        pair = NEAR_COLOURS[int(rng.integers(len(NEAR_COLOURS)))]
+        rest = [c for c in colours if c not in pair]
+        i, j = (int(k) for k in rng.choice(n, size=2, replace=False))
+        colours = [rest.pop() if k not in (i, j) else pair[k == j] for k in range(n)]
     fixed: dict[int, str] = {}
     if repeat_shape and n >= 2:
         shape = str(rng.choice(SHAPES))
@@ -204,10 +217,12 @@ def random_scene(
     p_touch: float = 0.0,
     gap: float = 2.0,
     pair_gap: float | None = None,
+    p_near_colour: float = 0.0,
 ) -> Scene:
     """A random scene. ``p_objects``: chances of 1, 2, 3 objects (unless ``n_objects``);
     ``p_repeat_shape`` / ``p_repeat_colour``: chance that a multi-object scene repeats a shape / a colour.
     ``shuffle_order``: name the objects in random order, not the order they were placed in (see ``MIXES``).
+    ``p_near_colour``: chance that a multi-object scene names two near colours (``NEAR_COLOURS``).
     ``p_touch``: chance that a multi-object scene places its objects against each other (``random_objects``);
     ``gap``: the least distance between the others' bounding boxes; ``pair_gap``: that distance in a
     two-object scene (default ``gap``).
@@ -216,8 +231,11 @@ def random_scene(
     repeat = n >= 2 and p_repeat_shape > 0 and rng.random() < p_repeat_shape
     same_colour = n >= 2 and p_repeat_colour > 0 and rng.random() < p_repeat_colour
     touch = n >= 2 and p_touch > 0 and rng.random() < p_touch
+    near = n >= 2 and p_near_colour > 0 and rng.random() < p_near_colour
     between = pair_gap if n == 2 and pair_gap is not None else gap
-    objs = random_objects(rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch, gap=between)
+    objs = random_objects(
+        rng, n, repeat_shape=repeat, repeat_colour=same_colour, touch=touch, gap=between, near_colour=near
+    )
     if shuffle_order and n >= 2:
         objs = tuple(objs[int(i)] for i in rng.permutation(n))
     caption = "" if rng.random() < p_empty else caption_for(objs, rng, p_drop_size)

@@ -41,7 +41,8 @@ def parser(description: str) -> argparse.ArgumentParser:
         "v4 = v2 with a third of the multi-object scenes repeating a colour too; "
         "v5 / v6 = v2 / v4 with the objects named in random order (otherwise later objects are smaller); "
         "v7 = v2 with a third of the multi-object scenes placing their objects against each other; "
-        "v8 = v2 with at least 6 px between objects (2 otherwise); v9 = v8 with 12 px in two-object scenes",
+        "v8 = v2 with at least 6 px between objects (2 otherwise); v9 = v8 with 12 px in two-object scenes; "
+        "v10 = v8 with a third of the multi-object scenes naming two near colours (blue and green, or red and yellow)",
     )
     p.add_argument(
         "--mask-padding",
