@@ -198,6 +198,18 @@ def test_training_with_the_levers_records_them_and_changes_the_update(tmp_path):
     assert 0 < torch.load(tmp_path / "lev" / "unet.pt")["history"][-1]["noun_change"] < 10
     a, b = torch.load(tmp_path / "plain" / "unet.pt"), torch.load(tmp_path / "lev" / "unet.pt")
     assert any(not torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
+    # resumed, a run takes more steps but not another lever: each change is refused by its flag, both values named
+    changed = [("--exclusive-layers", "16x16", "outer"), ("--grounding-min-t", "100", "200"), ("--mix", "v2", "v10")]
+    for flag, was, now in changed:
+        given = base + levers
+        argv = [now if x == was and before == flag else x for before, x in zip([""] + given, given)]
+        with pytest.raises(InputError, match=f"{flag} {now}: .* was trained with {flag} {was}; pass the same"):
+            train_cli(["--out", str(tmp_path / "lev"), "--unet-steps", "3"] + argv)
+    with pytest.raises(InputError, match="--exclusive not given: .* was trained with --exclusive 0.05"):
+        cut = levers.index("--exclusive")
+        train_cli(["--out", str(tmp_path / "lev"), "--unet-steps", "3"] + base + levers[:cut])
+    train_cli(["--out", str(tmp_path / "lev"), "--unet-steps", "3"] + base + levers)  # the same levers: resumed
+    assert torch.load(tmp_path / "lev" / "unet.pt")["step"] == 3
     with pytest.raises(InputError, match="--attribute-dropout"):
         train_cli(["--out", str(tmp_path / "bad"), "--attribute-dropout", "1.5"] + base)
     with pytest.raises(InputError, match="--token-swap"):

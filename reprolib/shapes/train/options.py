@@ -11,7 +11,7 @@ from .. import grounding, grow, world
 from ..grounding import READS
 from ..model import HEAD_DIM, SCHEDULE, TEXT_DIM, TEXT_LAYERS, TRANSFORMER_LAYERS, UNET_CHANNELS
 from .export import KEEP_FILES, PIPELINE_FILES
-from .record import text_size_of, unet_shape_of
+from .record import record, text_size_of, unet_shape_of
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -314,6 +314,7 @@ def check(a, init: dict | None) -> None:
     _check_sizes(a, init, past)
     if past is not None:
         _check_same_reading(a, past)
+        _check_same_recipe(a, past)
     if a.out.exists() and not a.out.is_dir():
         raise checks.InputError(f"--out {a.out} is a file; give a run folder")
     for flag, dest, files in (("--export", a.export, PIPELINE_FILES), ("--keep", a.keep, KEEP_FILES)):
@@ -409,6 +410,28 @@ def _check_sizes(a, init: dict | None, past: dict | None) -> None:
                     f"{flag} {_words(given)}: {a.out} was trained with {_words(was[key])}; pass those to resume it,"
                     " or start a new --out"
                 )
+
+
+# what a resumed run must be given as it started: its data and its loss (steps and the schedule may change)
+RESUMED_AS_STARTED = (
+    "scenes", "batch", "seed", "mix", "grounding", "grounding_layers", "grounding_max_t", "grounding_min_t",
+    "grounding_through", "exclusive", "exclusive_layers", "attribute_dropout", "stretch_nouns", "stretch_max",
+    "token_swap", "swap_reach", "swap_late", "swap_name_size", "ground_adjectives", "short_deltas",
+)  # fmt: skip
+
+
+def _check_same_recipe(a, past: dict) -> None:
+    """A resumed run trains on the data and the loss it started with: another --mix or --exclusive-layers
+    would silently make it a different run (and its run.json would name only the new one)."""
+    now = record(a, [])
+    for key in RESUMED_AS_STARTED:
+        if now.get(key) != past.get(key):
+            flag = "--" + key.replace("_", "-")
+            given = "not given" if key not in now else f"{now[key]}"
+            was = "without it" if key not in past else f"with {flag} {past[key]}"
+            raise checks.InputError(
+                f"{flag} {given}: {a.out} was trained {was}; pass the same to resume it, or start a new --out"
+            )
 
 
 def _check_same_reading(a, past: dict) -> None:
