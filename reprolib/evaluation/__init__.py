@@ -2,6 +2,7 @@
 
 ``deltas`` (size against α, leak to the other object), ``layout`` (in-box fraction per method),
 ``localisation`` (where a noun's attention goes), ``faithfulness`` (does the image match its caption),
+``specificity`` (does an edit leave the other object alone), ``binding`` (are two near colours drawn as two objects),
 ``card`` (the model card), ``stats``. CLI: ``python -m reprolib.evaluation --n 200 --attention 32``.
 """
 
