@@ -53,9 +53,9 @@ P_OBJECTS = (0.4, 0.35, 0.25)  # chance of 1, 2, 3 objects in a scene (the v1 tr
 # neighbour less often.
 # v9 is v8 with 12 px between the two objects of a two-object scene (three big objects cannot keep more than 6):
 # the leak prompts are two-object prompts, and v8 lowered their leak beside yellow (session 28).
-# v10 is v8 with a third of multi-object scenes naming two near colours (``NEAR_COLOURS``): the models since v14g
-# merge "a blue square and a green square" into one blue square in up to a third of seeds, and the composed edit,
-# which turns its subject blue beside a green bystander, fails in the same seeds (session 31).
+# v10 is v8 with a third of multi-object scenes naming two near colours (``NEAR_COLOURS``): the grounded candidates
+# of sessions 27-30 draw "a green square and a blue square" as one blue square in up to four seeds in ten, and the
+# composed edit, which turns its subject blue beside a green bystander, fails about as often (session 31).
 MIXES = {
     "v1": {},
     "v2": {"p_objects": (0.25, 0.4, 0.35), "p_repeat_shape": 0.35},
@@ -152,7 +152,8 @@ def random_objects(
     ``repeat_shape`` (needs ``n >= 2``): two of the objects, at random places in the list, share one
     shape (the others' shapes stay random, so a three-object scene may repeat it three times).
     ``repeat_colour`` (needs ``n >= 2``): two of the objects share one colour, the others' stay distinct.
-    ``near_colour`` (needs ``n >= 2``): two of the objects take one of ``NEAR_COLOURS``' pairs.
+    ``near_colour`` (needs ``n >= 2``; not with ``repeat_colour``): two of the objects take one of ``NEAR_COLOURS``'
+    pairs.
     ``touch``: each object after the first meets one placed before it (``touching``); falls back to a free
     place when none fits. ``gap``: the least distance (px) between two objects' bounding boxes otherwise.
     When a placement finds no room, the whole scene is placed again (the streams of scenes that fit are kept).
