@@ -450,6 +450,7 @@ def test_cli_errors_in_process(tmp_path, capsys):
         (layout, [*box, "--eta", "inf", "--out", str(tmp_path / "o")], "eta"),
         (evaluation, ["--specificity", "-1"], "--specificity"),
         (evaluation, ["--order-bias", "-1"], "--order-bias"),
+        (evaluation, ["--near-pairs", "-1"], "--near-pairs"),
         (evaluation, ["--n", "1", "--json", str(tmp_path / "file")], "--json"),
         (learn, ["--prompts", "shapes/sizes", "--out", str(tmp_path / "o"), "--model", "sdxl"], "shapes/sizes"),
         (learn, ["--prompts", "shapes/size", "--out", str(tmp_path / "file"), "--model", "sdxl"], "is a file"),
