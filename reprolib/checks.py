@@ -80,7 +80,9 @@ def number(value, name: str, *, optional: bool = True, low: float | None = None,
     if not math.isfinite(v):
         raise InputError(f"{name} must be a finite number, got {v}: NaN/inf would turn every result into NaN")
     if (low is not None and v < low) or (high is not None and v > high):
-        raise InputError(f"{name} must be between {low} and {high}, got {v}")
+        bounds = f"between {low} and {high}"
+        bounds = f"at least {low}" if high is None else f"at most {high}" if low is None else bounds
+        raise InputError(f"{name} must be {bounds}, got {v}")
     return v
 
 

@@ -9,6 +9,7 @@ import torch
 from reprolib.attention import cross_attention_layers, record_attention
 from reprolib.checks import InputError
 from reprolib.conditioning import padding_mask
+from reprolib.generate import defaults
 from reprolib.pipelines import load_pipeline
 from reprolib.shapes import grounding, world
 from reprolib.shapes.model import KeyCap, build_unet, cap_keys, key_caps, normalise_keys, training_scheduler
@@ -488,7 +489,15 @@ def test_key_norm_scales_the_queries_once_and_travels_with_the_model(tmp_path, c
         train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "capped"), "--key-caps"])
     assert not (tmp_path / "capped").exists()  # refused before anything is written
     train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "export")])
-    assert json.loads((tmp_path / "export" / "reprolib.json").read_text())["key_norm"] is True
+    sampling = json.loads((tmp_path / "export" / "reprolib.json").read_text())
+    assert sampling["key_norm"] is True and sampling["guidance_scale"] == 5.0  # v1's, unless asked
+    with pytest.raises(InputError, match="--guidance-scale must be at least 0.0, got -1.0"):
+        train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "g"), "--guidance-scale", "-1"])
+    with pytest.raises(InputError, match="--guidance-scale is written into an export: give --export"):
+        train_cli(["--out", str(tmp_path / "fresh"), "--guidance-scale", "7.5"])
+    train_cli(["--out", str(tmp_path / "kn"), "--export", str(tmp_path / "g"), "--guidance-scale", "7.5"])
+    assert json.loads((tmp_path / "g" / "reprolib.json").read_text())["guidance_scale"] == 7.5
+    assert defaults(load_pipeline(tmp_path / "g", device="cpu"))[1] == 7.5  # what generate samples it with
     unet = load_pipeline(tmp_path / "export", device="cpu").unet
     attn = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
     assert len(attn) == 7 and all(m.norm_k is not None for m in attn)

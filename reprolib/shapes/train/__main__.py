@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.export or a.keep:
         if a.export:
-            print(f"exported to {export(a.out, a.export, key_caps=a.key_caps)}")
+            print(f"exported to {export(a.out, a.export, key_caps=a.key_caps, guidance_scale=a.guidance_scale)}")
         if a.keep:
             print(f"kept in {keep(a.out, a.keep)} (train on from it with --init-from {a.keep})")
         return

@@ -23,6 +23,7 @@ from .vae import load_decoder
 PIPELINE_FILES = ("model_index.json", "unet", "text_encoder", "vae", "tokenizer", "scheduler", "training.json")
 # what keep writes: the EMA weights alone (no optimiser state, no raw weights), the frozen VAE, its decoder
 KEEP_FILES = ("unet.pt", "vae.pt", "decoder.pt", "tokenizer", "run.json")
+DEFAULT_GUIDANCE = 5.0  # v1's sampling guidance; a model's export can name its own (--guidance-scale)
 KEY_CAP_CAPTIONS, KEY_CAP_SEED = 1024, 7  # the captions --key-caps measures the longest keys on
 
 
@@ -42,9 +43,10 @@ def scaling_factor(out: Path, meta: dict) -> float:
     return sf
 
 
-def export(out: Path, dest: Path, key_caps: bool = False) -> Path:
+def export(out: Path, dest: Path, key_caps: bool = False, guidance_scale: float | None = None) -> Path:
     """Write the EMA weights as a standard diffusers pipeline folder (safetensors); ``key_caps``: with the
-    caps of :func:`caption_key_caps` in its ``reprolib.json``."""
+    caps of :func:`caption_key_caps` in its ``reprolib.json``; ``guidance_scale``: the CFG scale written there
+    (None: ``DEFAULT_GUIDANCE``)."""
     tokenizer = load_tokenizer(out / "tokenizer")
     vae = build_vae()
     vae.load_state_dict(torch.load(out / "vae.pt")["model"])
@@ -65,7 +67,8 @@ def export(out: Path, dest: Path, key_caps: bool = False) -> Path:
     (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
     # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask), with
     # cross_attention_reads the one of --reads (reads_mask)
-    sampling = {"steps": 25, "guidance_scale": 5.0, "mask_padding": bool(meta.get("mask_padding", False))}
+    cfg = DEFAULT_GUIDANCE if guidance_scale is None else float(guidance_scale)
+    sampling = {"steps": 25, "guidance_scale": cfg, "mask_padding": bool(meta.get("mask_padding", False))}
     reads = READS[meta.get("reads", "all")]
     if reads:
         sampling["cross_attention_reads"] = list(reads)

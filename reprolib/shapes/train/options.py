@@ -10,7 +10,7 @@ from ... import checks
 from .. import grounding, grow, world
 from ..grounding import READS
 from ..model import HEAD_DIM, SCHEDULE, TEXT_DIM, TEXT_LAYERS, TRANSFORMER_LAYERS, UNET_CHANNELS
-from .export import KEEP_FILES, PIPELINE_FILES
+from .export import DEFAULT_GUIDANCE, KEEP_FILES, PIPELINE_FILES
 from .record import record, text_size_of, unet_shape_of
 
 
@@ -243,8 +243,37 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="with --export: cap each cross-attention layer's keys at the longest any of 1,024 world captions makes "
         "(model.cap_keys; the export's reprolib.json holds the caps): an edited token cannot outbid by length",
     )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"with --export: the classifier-free guidance scale the library samples this model with (the export's "
+        f"reprolib.json; default {DEFAULT_GUIDANCE}, v1's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="with --export or --keep: replace what is already there")
     return p
+
+
+def _check_outputs(a) -> None:
+    """--out, --export, --keep and what only an export takes (--key-caps, --guidance-scale)."""
+    if a.out.exists() and not a.out.is_dir():
+        raise checks.InputError(f"--out {a.out} is a file; give a run folder")
+    for flag, dest, files in (("--export", a.export, PIPELINE_FILES), ("--keep", a.keep, KEEP_FILES)):
+        if dest is None:
+            continue
+        if not (a.out / "unet.pt").is_file():
+            raise checks.InputError(f"{flag}: {a.out} has no trained UNet (unet.pt); train it first or give its run")
+        checks.output_path(dest, flag, overwrite=a.overwrite, folder=True, files=files)
+    if a.key_caps and not a.export:
+        raise checks.InputError("--key-caps is written into an export: give --export DIR too")
+    if a.guidance_scale is not None and not a.export:
+        raise checks.InputError("--guidance-scale is written into an export: give --export DIR too")
+    checks.number(a.guidance_scale, "--guidance-scale", low=0.0)
+    record = a.out / "run.json"
+    if a.key_caps and record.is_file() and json.loads(record.read_text()).get("key_norm"):
+        raise checks.InputError(f"--key-caps: {a.out} was trained with --key-norm, whose keys have one length already")
+    if a.overwrite and not (a.export or a.keep):
+        raise checks.InputError("--overwrite needs --export or --keep (it lets them replace what is there)")
 
 
 def _check_exclusive_layers(a) -> None:
@@ -315,21 +344,7 @@ def check(a, init: dict | None) -> None:
     if past is not None:
         _check_same_reading(a, past)
         _check_same_recipe(a, past)
-    if a.out.exists() and not a.out.is_dir():
-        raise checks.InputError(f"--out {a.out} is a file; give a run folder")
-    for flag, dest, files in (("--export", a.export, PIPELINE_FILES), ("--keep", a.keep, KEEP_FILES)):
-        if dest is None:
-            continue
-        if not (a.out / "unet.pt").is_file():
-            raise checks.InputError(f"{flag}: {a.out} has no trained UNet (unet.pt); train it first or give its run")
-        checks.output_path(dest, flag, overwrite=a.overwrite, folder=True, files=files)
-    if a.key_caps and not a.export:
-        raise checks.InputError("--key-caps is written into an export: give --export DIR too")
-    record = a.out / "run.json"
-    if a.key_caps and record.is_file() and json.loads(record.read_text()).get("key_norm"):
-        raise checks.InputError(f"--key-caps: {a.out} was trained with --key-norm, whose keys have one length already")
-    if a.overwrite and not (a.export or a.keep):
-        raise checks.InputError("--overwrite needs --export or --keep (it lets them replace what is there)")
+    _check_outputs(a)
 
 
 def _check_summary(a) -> None:
