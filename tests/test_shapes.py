@@ -392,6 +392,7 @@ def test_decoder_fine_tune_keeps_the_latents(tmp_path):
     train_cli(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "new")])
     card = json.loads((tmp_path / "new" / "training.json").read_text())
     assert (card["unet_steps_done"], card["unet_steps_this_run"]) == (2, 0)  # the starting point's steps count
+    assert card["exported_from"] == str(tmp_path / "a")  # the model card's export line names it
     old = load_file(tmp_path / "old" / "vae" / "diffusion_pytorch_model.safetensors")
     new = load_file(tmp_path / "new" / "vae" / "diffusion_pytorch_model.safetensors")
     moved = [k for k in old if not torch.equal(old[k], new[k])]

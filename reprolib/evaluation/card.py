@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 
-from ..pipelines import SHAPES_DIR
+from ..pipelines import SHAPES_DIR, model_defaults
 
 
 def _training(train: dict) -> list[str]:
     """The card's training lines: the commands in order, what they trained, and how the folder was exported."""
     found = re.search(r"--out (\S+)", train["command"])
-    run = found[1] if found else "runs/shapes"
+    run = train.get("exported_from") or (found[1] if found else "runs/shapes")  # a kept folder, or the run itself
     export = f"- export: `python -m reprolib.shapes.train --out {run} --export reprolib/shapes/weights --overwrite`"
     steps = f"(batch {train['batch']}, seed {train['seed']}, {train['scenes']} scenes); EMA weights shipped"
     if not train.get("init_from"):
@@ -44,6 +44,7 @@ def _training(train: dict) -> list[str]:
 def write_card(out: dict, args) -> str:
     """MODEL_CARD.md beside the weights: how they were trained and what this script measured."""
     train = json.loads((SHAPES_DIR / "training.json").read_text())
+    cfg = model_defaults(SHAPES_DIR).get("guidance_scale")
     f = out["faithfulness"]
     lines = [
         "# shapes-world model card",
@@ -55,13 +56,14 @@ def write_card(out: dict, args) -> str:
         "## Training",
         "",
         *_training(train),
+        "- every starting point before these, back to v1, and what each was measured at: `checkpoints/README.md`",
         "",
         "## Measured (`python -m "
         + "reprolib.evaluation "
         + " ".join(f"--{k} {v}" for k, v in (("n", args.n), ("attention", args.attention)) if v)
         + " --card`)",
         "",
-        f"Caption faithfulness on {f['captions']} fresh random captions (25 DDIM steps, CFG 5), by the ruler:",
+        f"Caption faithfulness on {f['captions']} fresh random captions (25 DDIM steps, CFG {cfg:g}), by the ruler:",
         "",
         "| colour present | shape right | object count right | small/big obeyed | s per image (CPU) |",
         "|---|---|---|---|---|",

@@ -63,7 +63,7 @@ def export(out: Path, dest: Path, key_caps: bool = False, guidance_scale: float 
     # steps in total, the starting point's included (a fine-tune's own are unet_steps_this_run)
     done = c["step"] + meta.get("init_step", 0)
     final = c["history"][-1]["loss"] if c["history"] else None
-    meta.update(unet_steps_done=done, unet_steps_this_run=c["step"], final_loss=final)
+    meta.update(unet_steps_done=done, unet_steps_this_run=c["step"], final_loss=final, exported_from=str(out))
     (Path(dest) / "training.json").write_text(json.dumps(meta, indent=1))
     # how the library samples this pipeline: with mask_padding it builds the same mask (padding_mask), with
     # cross_attention_reads the one of --reads (reads_mask)
